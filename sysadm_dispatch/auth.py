@@ -1,0 +1,375 @@
+"""
+Who is asking and what they may do: the users file, password hashing,
+tokens with sliding expiry, and roles, on ``twisted.cred``.
+
+Users file: one user per line, ``name:role:hash``, where role is ``full``
+(may run and kill) or ``read`` (may look), and hash is a salted scrypt hash.
+Lines starting with ``#`` are comments.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import stat
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.cred import credentials as cred_credentials
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+log = Logger()
+
+FULL = "full"
+READ = "read"
+ROLES = (FULL, READ)
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")
+_SCRYPT = {"n": 1 << 14, "r": 8, "p": 1}
+
+
+class IUser(Interface):
+    """The avatar interface: an authenticated user."""
+
+
+@implementer(IUser)
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+
+    @property
+    def may_write(self) -> bool:
+        return self.role == FULL
+
+
+def valid_name(name: str) -> bool:
+    return bool(_NAME.match(name))
+
+
+def hash_password(password: str) -> str:
+    """A salted scrypt hash in the form ``scrypt$n$r$p$salt$hash``."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    b64 = base64.b64encode
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    """Check a password against a hash from ``hash_password``; slow on purpose."""
+    try:
+        scheme, n, r, p, salt, digest = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        actual = hashlib.scrypt(
+            password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=len(expected),
+            maxmem=128 * 1024 * 1024,
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+class UsersFileError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class UserEntry:
+    name: str
+    role: str
+    password_hash: str
+
+
+def read_users(path: str) -> dict[str, UserEntry]:
+    """Parse a users file; raises ``UsersFileError`` naming the bad line."""
+    users: dict[str, UserEntry] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split(":")
+            if len(parts) != 3 or not valid_name(parts[0]) or parts[1] not in ROLES:
+                raise UsersFileError(f"{path}, line {number}: expected name:role:hash with role full or read")
+            users[parts[0]] = UserEntry(*parts)
+    return users
+
+
+def write_users(path: str, users: Mapping[str, UserEntry]) -> None:
+    """Replace the users file atomically, readable by its owner only."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".users-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("# sysadm-dispatch users: name:role:hash (role is full or read)\n")
+            for entry in users.values():
+                f.write(f"{entry.name}:{entry.role}:{entry.password_hash}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def ensure_users_file(users_path: str, password_path: str) -> str | None:
+    """
+    On first run, create the users file with one full user ``admin`` and a
+    random password, written to ``password_path`` (mode 0600).  Returns the
+    password file's path when it did so.
+    """
+    if os.path.exists(users_path):
+        return None
+    password = secrets.token_urlsafe(18)
+    write_users(users_path, {"admin": UserEntry("admin", FULL, hash_password(password))})
+    fd = os.open(password_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    os.chmod(password_path, 0o600)
+    return password_path
+
+
+@implementer(ICredentialsChecker)
+class UsersFileChecker:
+    """
+    Checks usernames and passwords against the users file.  The file is
+    read off the reactor thread, and read again when it changes, so users
+    added with ``sysadm-dispatch user add`` can log in without a restart.
+    """
+
+    credentialInterfaces = (cred_credentials.IUsernamePassword,)
+
+    def __init__(self, reactor: Any, path: str, poll_seconds: float = 2.0) -> None:
+        self.reactor = reactor
+        self.path = path
+        self.users: dict[str, UserEntry] = {}
+        self._stamp: tuple[int, int, int] | None = None
+        self._poll = LoopingCall(self._check_changed)
+        self._poll.clock = reactor
+        self._poll_seconds = poll_seconds
+        self.changed = 0
+
+    def load(self) -> None:
+        """Read the users file now (at startup, before the reactor runs)."""
+        self._stamp = self._file_stamp()
+        self.users = read_users(self.path)
+
+    def start(self) -> None:
+        self._poll.start(self._poll_seconds, now=False)
+
+    def stop(self) -> None:
+        if self._poll.running:
+            self._poll.stop()
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _in_thread(self, f: Any, *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+
+    @inlineCallbacks
+    def _check_changed(self) -> Any:
+        stamp = yield self._in_thread(self._file_stamp)
+        if stamp == self._stamp:
+            return
+        try:
+            users = yield self._in_thread(read_users, self.path)
+        except (OSError, UsersFileError) as e:
+            log.error("cannot read users file {path}: {error}; keeping the users read before", path=self.path,
+                      error=str(e))
+        else:
+            self.users = users
+            self.changed += 1
+            log.info("users file {path} changed: {count} users", path=self.path, count=len(users))
+        self._stamp = stamp
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+        entry = self.users.get(credentials.username.decode("utf-8", "replace"))
+        if entry is None:
+            # Spend the same time as for a real user, so a reply's timing
+            # does not tell which user names exist.
+            entry = UserEntry("", READ, _DUMMY_HASH)
+        password = credentials.password.decode("utf-8", "replace")
+
+        def checked(ok: bool) -> bytes:
+            if ok and entry.name:
+                return entry.name.encode()
+            raise UnauthorizedLogin()
+
+        return self._in_thread(verify_password, password, entry.password_hash).addCallback(checked)
+
+    def role_of(self, name: str) -> str | None:
+        entry = self.users.get(name)
+        return entry.role if entry else None
+
+
+_DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+
+@implementer(IRealm)
+class Realm:
+    """Turns an authenticated name into a ``User`` with its role."""
+
+    def __init__(self, role_of: Any) -> None:
+        self.role_of = role_of
+
+    def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> tuple[Any, User, Any]:
+        name = avatarId.decode()
+        role = self.role_of(name)
+        if IUser not in interfaces or role is None:
+            raise NotImplementedError("no such avatar")
+        return IUser, User(name, role), lambda: None
+
+
+class LoginFailed(Exception):
+    """Bad credentials, or an unknown or expired token."""
+
+
+@dataclass
+class _Token:
+    user: User
+    expires: float
+
+
+class TokenStore:
+    """Random tokens with sliding expiry, shared by every transport."""
+
+    def __init__(self, reactor: Any, ttl: float) -> None:
+        self.reactor = reactor
+        self.ttl = ttl
+        self._tokens: dict[str, _Token] = {}
+        self._next_sweep = 0.0
+
+    def issue(self, user: User) -> str:
+        token = secrets.token_urlsafe(32)  # 256 random bits
+        self._tokens[token] = _Token(user, self.reactor.seconds() + self.ttl)
+        self._sweep()
+        return token
+
+    def use(self, token: str) -> User:
+        """The token's user; renews the token.  Raises ``LoginFailed``."""
+        now = self.reactor.seconds()
+        entry = self._tokens.get(token)
+        if entry is None or entry.expires <= now:
+            self._tokens.pop(token, None)
+            raise LoginFailed("unknown or expired token")
+        entry.expires = now + self.ttl
+        return entry.user
+
+    def revoke(self, token: str) -> None:
+        self._tokens.pop(token, None)
+
+    def revoke_user(self, name: str) -> None:
+        for token in [t for t, e in self._tokens.items() if e.user.name == name]:
+            del self._tokens[token]
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def _sweep(self) -> None:
+        now = self.reactor.seconds()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + min(self.ttl, 60.0)
+        for token in [t for t, e in self._tokens.items() if e.expires <= now]:
+            del self._tokens[token]
+
+
+class Authenticator:
+    """
+    Logins, tokens and the cache that keeps HTTP Basic auth (a password
+    on every request) from costing a password hash every time.
+    """
+
+    def __init__(self, reactor: Any, checker: UsersFileChecker, token_ttl: float = 900.0) -> None:
+        self.reactor = reactor
+        self.checker = checker
+        self.portal = Portal(Realm(checker.role_of), [checker])
+        self.tokens = TokenStore(reactor, token_ttl)
+        self._cache_key = os.urandom(32)
+        self._basic_cache: dict[bytes, tuple[User, float, int]] = {}
+
+    @property
+    def token_ttl(self) -> float:
+        return self.tokens.ttl
+
+    def login(self, username: str, password: str) -> Deferred[User]:
+        """Check a username and password; fires with the ``User`` or fails with ``LoginFailed``."""
+        if not isinstance(username, str) or not isinstance(password, str):
+            return fail(LoginFailed("username and password must be strings"))
+        creds = cred_credentials.UsernamePassword(username.encode(), password.encode())
+        d = self.portal.login(creds, None, IUser)
+
+        def done(result: tuple[Any, User, Any]) -> User:
+            return result[1]
+
+        def failed(f: Any) -> None:
+            f.trap(UnauthorizedLogin, NotImplementedError)
+            raise LoginFailed("bad username or password")
+
+        return d.addCallbacks(done, failed)
+
+    def login_cached(self, username: str, password: str) -> Deferred[User]:
+        """``login``, remembering a success for a while (for HTTP Basic auth)."""
+        key = hmac.new(self._cache_key, f"{username}\0{password}".encode(), hashlib.sha256).digest()
+        now = self.reactor.seconds()
+        hit = self._basic_cache.get(key)
+        if hit is not None and hit[1] > now and hit[2] == self.checker.changed:
+            return succeed(hit[0])
+
+        def remember(user: User) -> User:
+            if len(self._basic_cache) > 10000:
+                self._basic_cache.clear()
+            self._basic_cache[key] = (user, now + min(self.token_ttl, 300.0), self.checker.changed)
+            return user
+
+        return self.login(username, password).addCallback(remember)
+
+    def issue_token(self, user: User) -> str:
+        return self.tokens.issue(user)
+
+    def use_token(self, token: str) -> User:
+        user = self.tokens.use(token)
+        role = self.checker.role_of(user.name)
+        if role is None:
+            # Removed from the users file since the token was issued.
+            self.tokens.revoke(token)
+            raise LoginFailed("the user no longer exists")
+        return user if role == user.role else User(user.name, role)
+
+    def revoke_token(self, token: str) -> None:
+        self.tokens.revoke(token)
+
+
+def check_private(path: str) -> None:
+    """Refuse a file or directory that others may write to."""
+    st = os.stat(path)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UsersFileError(f"{path} is writable by group or others; fix with chmod go-w")
+
+
+def default_state_dir() -> str:
+    """``$XDG_STATE_HOME/sysadm-dispatch``, else ``~/.local/state/sysadm-dispatch``."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "sysadm-dispatch")

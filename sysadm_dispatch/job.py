@@ -1,0 +1,386 @@
+"""
+Jobs: what a client asked to run, where it is in its life, and the views of
+it that go on the wire.
+
+Pure state and validation, no Twisted and no I/O: the dispatcher changes a
+job, the runner feeds it output and exit codes, and everything a client sees
+of a job (list entry, event payload, history record) is computed here from
+that one object.  The wire formats are described in docs/protocol.rst.
+"""
+
+from __future__ import annotations
+
+import shlex
+import uuid
+from collections import deque
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+PENDING = "pending"
+RUNNING = "running"
+FINISHED = "finished"
+
+NO_QUEUE = "no_queue"
+DEFAULT_QUEUES: Mapping[str, int] = {"no_queue": 0, "pkg_queue": 1, "iocage_queue": 1}
+
+#: Exit code recorded for a command that could not be started at all.
+EXIT_NOT_STARTED = 127
+
+
+class InvalidJob(ValueError):
+    """
+    A request to run jobs is not acceptable; the message names the job and the
+    problem, in one sentence fit for a client.
+    """
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one ``run`` request may ask for."""
+
+    max_jobs_per_run: int = 1000
+    max_commands: int = 256
+    max_command_chars: int = 65536
+    max_id_chars: int = 256
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a client asked to run: immutable once accepted."""
+
+    id: str
+    commands: tuple[str, ...]
+    argvs: tuple[tuple[str, ...], ...]
+    queue: str = NO_QUEUE
+    cwd: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+
+
+def make_job_id(queue: str) -> str:
+    """A fresh job id in the original server's style: ``<queue>-{<uuid4>}``."""
+    return f"{queue}-{{{uuid.uuid4()}}}"
+
+
+def _describe(job_id: object) -> str:
+    return f"job {job_id!r}" if isinstance(job_id, str) else "a job"
+
+
+def parse_commands(job_id: str, value: object, limits: Limits) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    """
+    Validate one command or a chain and split each command into words.
+
+    Commands are never given to a shell: they are split by POSIX shell
+    quoting rules and executed directly.
+    """
+    where = _describe(job_id)
+    if isinstance(value, str):
+        commands: list[str] = [value]
+    elif isinstance(value, list) and all(isinstance(c, str) for c in value):
+        commands = list(value)
+    else:
+        raise InvalidJob(f"{where}: commands must be a string or a list of strings")
+    if not commands:
+        raise InvalidJob(f"{where}: commands must not be empty")
+    if len(commands) > limits.max_commands:
+        raise InvalidJob(f"{where}: a chain may hold at most {limits.max_commands} commands, got {len(commands)}")
+    argvs = []
+    for command in commands:
+        if len(command) > limits.max_command_chars:
+            raise InvalidJob(f"{where}: a command may be at most {limits.max_command_chars} characters long")
+        if "\x00" in command:
+            raise InvalidJob(f"{where}: command {command[:80]!r} contains a NUL character")
+        try:
+            words = shlex.split(command)
+        except ValueError as e:
+            raise InvalidJob(f"{where}: command {command[:80]!r} cannot be split into words ({e})") from None
+        if not words:
+            raise InvalidJob(f"{where}: command {command!r} is empty")
+        argvs.append(tuple(words))
+    return tuple(commands), tuple(argvs)
+
+
+def _check_id(job_id: object, limits: Limits) -> str:
+    if not isinstance(job_id, str) or not job_id:
+        raise InvalidJob(f"{_describe(job_id)}: a job id must be a non-empty string")
+    if len(job_id) > limits.max_id_chars:
+        raise InvalidJob(f"job {job_id[:40]!r}...: a job id may be at most {limits.max_id_chars} characters long")
+    if any(ord(c) < 32 for c in job_id):
+        raise InvalidJob(f"job {job_id!r}: a job id must not contain control characters")
+    return job_id
+
+
+_EXTENDED_KEYS = {"id", "commands", "queue", "cwd", "env", "timeout"}
+
+
+def _spec_from_object(obj: object, index: int, queues: Collection[str], limits: Limits) -> JobSpec:
+    if not isinstance(obj, dict):
+        raise InvalidJob(f"jobs[{index}] must be an object")
+    unknown = sorted(set(obj) - _EXTENDED_KEYS)
+    where = _describe(obj.get("id")) if "id" in obj else f"jobs[{index}]"
+    if unknown:
+        raise InvalidJob(f"{where}: unknown key {unknown[0]!r}")
+    queue = obj.get("queue", NO_QUEUE)
+    if not isinstance(queue, str):
+        raise InvalidJob(f"{where}: queue must be a string")
+    if queue not in queues:
+        raise InvalidJob(f"{where}: unknown queue {queue!r} (known: {', '.join(sorted(queues))})")
+    job_id = _check_id(obj["id"], limits) if "id" in obj else make_job_id(queue)
+    where = _describe(job_id)
+    if "commands" not in obj:
+        raise InvalidJob(f"{where}: commands are missing")
+    commands, argvs = parse_commands(job_id, obj["commands"], limits)
+    cwd = obj.get("cwd")
+    if cwd is not None and (not isinstance(cwd, str) or not cwd or "\x00" in cwd):
+        raise InvalidJob(f"{where}: cwd must be a non-empty string")
+    env = obj.get("env", {})
+    if env is None:
+        env = {}
+    if not isinstance(env, dict):
+        raise InvalidJob(f"{where}: env must be an object of strings")
+    for key, value in env.items():
+        if not isinstance(value, str):
+            raise InvalidJob(f"{where}: env value of {key!r} must be a string")
+        if not key or "=" in key or "\x00" in key or "\x00" in value:
+            raise InvalidJob(f"{where}: env name {key!r} is not a valid variable name")
+    timeout = obj.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise InvalidJob(f"{where}: timeout must be a number of seconds")
+        if not 0 < timeout <= 10 * 365 * 86400:
+            raise InvalidJob(f"{where}: timeout must be a positive number of seconds")
+    return JobSpec(job_id, commands, argvs, queue, cwd, dict(env), float(timeout) if timeout else None)
+
+
+def specs_from_run_args(args: Mapping[str, Any], queues: Collection[str], limits: Limits = Limits()) -> list[JobSpec]:
+    """
+    Read the jobs of a ``run`` action, in either form.
+
+    Compatible form: every key but ``action`` is a job id whose value is a
+    command or a chain, run in ``no_queue``.  Extended form: a ``jobs`` list
+    of objects.  All or nothing: the first problem raises ``InvalidJob``.
+    """
+    specs: list[JobSpec] = []
+    jobs = args.get("jobs")
+    if isinstance(jobs, list) and (not jobs or not all(isinstance(j, str) for j in jobs)):
+        # The extended form; a list of strings under "jobs" is a compatible
+        # job that happens to be named "jobs".
+        extra = sorted(k for k in args if k not in ("action", "jobs"))
+        if extra:
+            raise InvalidJob(f"run: the jobs form takes no other keys, got {extra[0]!r}")
+        if len(args["jobs"]) > limits.max_jobs_per_run:
+            raise InvalidJob(f"run: at most {limits.max_jobs_per_run} jobs in one request, got {len(args['jobs'])}")
+        for index, obj in enumerate(args["jobs"]):
+            specs.append(_spec_from_object(obj, index, queues, limits))
+    else:
+        items = [(k, v) for k, v in args.items() if k != "action"]
+        if len(items) > limits.max_jobs_per_run:
+            raise InvalidJob(f"run: at most {limits.max_jobs_per_run} jobs in one request, got {len(items)}")
+        for job_id, value in items:
+            _check_id(job_id, limits)
+            commands, argvs = parse_commands(job_id, value, limits)
+            specs.append(JobSpec(job_id, commands, argvs, NO_QUEUE))
+    if not specs:
+        raise InvalidJob("run: no jobs given")
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.id in seen:
+            raise InvalidJob(f"job {spec.id!r}: the same id appears twice in the request")
+        seen.add(spec.id)
+    return specs
+
+
+class CappedLog:
+    """
+    The output of one command, capped: the first and last halves of the cap
+    are kept, with a marker saying how many bytes were dropped between them.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.total = 0
+        self._head = bytearray()
+        self._head_cap = cap // 2
+        self._tail: deque[bytes] = deque()
+        self._tail_size = 0
+        self._tail_cap = cap - self._head_cap
+
+    def write(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self._head_cap - len(self._head)
+        if room > 0:
+            self._head += data[:room]
+            data = data[room:]
+        if not data or self._tail_cap <= 0:
+            return
+        if len(data) >= self._tail_cap:
+            self._tail.clear()
+            data = bytes(data[-self._tail_cap :])
+            self._tail_size = 0
+        self._tail.append(bytes(data))
+        self._tail_size += len(data)
+        while self._tail_size - len(self._tail[0]) >= self._tail_cap:
+            self._tail_size -= len(self._tail.popleft())
+
+    @property
+    def dropped(self) -> int:
+        kept_tail = min(self._tail_size, self._tail_cap)
+        return self.total - len(self._head) - kept_tail
+
+    def getvalue(self) -> bytes:
+        tail = b"".join(self._tail)[-self._tail_cap :] if self._tail_cap > 0 else b""
+        if self.dropped:
+            marker = f"\n[sysadm-dispatch: {self.dropped} bytes of output dropped here]\n".encode()
+            return bytes(self._head) + marker + tail
+        return bytes(self._head) + tail
+
+    def text(self) -> str:
+        return self.getvalue().decode("utf-8", "replace")
+
+
+def iso_time(t: float | None) -> str | None:
+    """Seconds since the epoch as ISO 8601 local time with its UTC offset."""
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+class Job:
+    """
+    One job and everything that happened to it.  The dispatcher's job table
+    holds these; every view of a job is computed from one.
+    """
+
+    def __init__(self, spec: JobSpec, log_cap: int, now: float) -> None:
+        self.spec = spec
+        self.state = PENDING
+        self.log_cap = log_cap
+        self.time_queued = now
+        self.time_started: float | None = None
+        self.time_finished: float | None = None
+        self.logs: list[CappedLog] = []
+        self.return_codes: list[int] = []
+        self.killed = False
+        self.timed_out = False
+        self.interrupted = False
+        self.signal: str | None = None
+        self.escalated = False
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def queue(self) -> str:
+        return self.spec.queue
+
+    @property
+    def current_index(self) -> int | None:
+        """Index of the command running now, if any."""
+        if self.state != RUNNING or not self.logs or len(self.return_codes) == len(self.logs):
+            return None
+        return len(self.logs) - 1
+
+    @property
+    def current_cmd(self) -> str | None:
+        index = self.current_index
+        return None if index is None else self.spec.commands[index]
+
+    @property
+    def success(self) -> bool:
+        return (
+            self.state == FINISHED
+            and not (self.killed or self.timed_out or self.interrupted)
+            and len(self.return_codes) == len(self.spec.commands)
+            and all(rc == 0 for rc in self.return_codes)
+        )
+
+    # Life cycle, driven by the dispatcher and the runner.
+
+    def start(self, now: float) -> None:
+        assert self.state == PENDING, self.state
+        self.state = RUNNING
+        self.time_started = now
+
+    def begin_command(self) -> CappedLog:
+        log = CappedLog(self.log_cap)
+        self.logs.append(log)
+        return log
+
+    def end_command(self, exit_code: int) -> None:
+        self.return_codes.append(exit_code)
+
+    def finish(self, now: float) -> None:
+        assert self.state != FINISHED, self.state
+        self.state = FINISHED
+        self.time_finished = now
+
+    # Views.
+
+    def list_entry(self, position: str | None) -> dict[str, Any]:
+        entry: dict[str, Any] = {"commands": list(self.spec.commands), "state": self.state}
+        if position is not None:
+            entry["queue_position"] = position
+        entry["queue"] = self.queue
+        entry["time_queued"] = iso_time(self.time_queued)
+        if self.time_started is not None:
+            entry["time_started"] = iso_time(self.time_started)
+        if self.current_cmd is not None:
+            entry["current_cmd"] = self.current_cmd
+        return entry
+
+    def process_details(self) -> dict[str, Any]:
+        details: dict[str, Any] = {
+            "process_id": self.id,
+            "state": self.state,
+            "cmd_list": list(self.spec.commands),
+        }
+        if self.time_started is not None:
+            details["time_started"] = iso_time(self.time_started)
+        if self.state == FINISHED:
+            details["time_finished"] = iso_time(self.time_finished)
+        if self.current_cmd is not None:
+            details["current_cmd"] = self.current_cmd
+        for index, log in enumerate(self.logs):
+            command = self.spec.commands[index]
+            # A command repeated in a chain shares its key: its logs are
+            # concatenated and the last exit code stands.
+            details[command] = details.get(command, "") + log.text()
+            if index < len(self.return_codes):
+                details[f"return_codes/{command}"] = str(self.return_codes[index])
+        return details
+
+    def record(self, details: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``args`` of a dispatcher event about this job (and its history record)."""
+        return {
+            "state": self.state,
+            "process_id": self.id,
+            "process_details": self.process_details() if details is None else details,
+            "queue": self.queue,
+            "success": "true" if self.success else "false",
+            "killed": self.killed,
+            "timed_out": self.timed_out,
+            "interrupted": self.interrupted,
+            "signal": self.signal,
+        }
+
+
+def positions(jobs: Sequence[Job], numbered: bool) -> list[tuple[Job, str | None]]:
+    """
+    Pair each active job of a queue with its ``queue_position``: running jobs
+    are ``"0"``, pending ones ``"1"``, ``"2"``... in the order they will run.
+    Queues without a limit carry no positions.
+    """
+    if not numbered:
+        return [(job, None) for job in jobs]
+    out: list[tuple[Job, str | None]] = []
+    n = 0
+    for job in jobs:
+        if job.state == RUNNING:
+            out.append((job, "0"))
+        else:
+            n += 1
+            out.append((job, str(n)))
+    return out

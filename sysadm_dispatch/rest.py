@@ -1,0 +1,150 @@
+"""
+The REST transport: ``PUT /<namespace>/<name>`` with a JSON body, answered
+with the router's reply as ``{"args": ...}`` and the reply's code as the
+HTTP status.  Credentials come with every request, as HTTP Basic auth or a
+Bearer token from ``rpc/auth``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from werkzeug.exceptions import NotFound
+
+from .auth import LoginFailed
+from .rpc import PUBLIC, Router, RPCError, Session, decode_json, error_reply
+
+log = Logger()
+
+ALLOWED = b"PUT, POST"
+
+
+def _body(result: dict[str, Any] | None) -> bytes:
+    if result is None:
+        return b""
+    return json.dumps({"args": result["args"]}, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _header(request: IRequest, name: bytes) -> str:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value else ""
+
+
+class RestAPI:
+    """A Klein app bound to one router; ``resource()`` is what to serve."""
+
+    app = Klein()
+
+    def __init__(self, router: Router, *, max_message_bytes: int | None = None) -> None:
+        self.router = router
+        self.max_message_bytes = router.max_message_bytes if max_message_bytes is None else max_message_bytes
+
+    def resource(self) -> IResource:
+        return self.app.resource()
+
+    def _answer(self, request: IRequest, envelope: dict[str, Any] | None) -> bytes:
+        if envelope is None:
+            request.setResponseCode(204)
+            return b""
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        if envelope["name"] == "error":
+            code = envelope["args"]["code"]
+            request.setResponseCode(code)
+            if code == 401:
+                request.setHeader(b"WWW-Authenticate", b'Basic realm="sysadm-dispatch"')
+            if code == 405:
+                request.setHeader(b"Allow", ALLOWED)
+        return _body(envelope)
+
+    def _error(self, request: IRequest, code: int, detail: str, namespace: str = "rpc") -> bytes:
+        return self._answer(request, error_reply(namespace, "", RPCError(code, detail)))
+
+    @app.route("/<string:namespace>/<string:name>", methods=None)
+    @inlineCallbacks
+    def rpc(self, request: IRequest, namespace: str, name: str) -> Any:
+        if request.method not in (b"PUT", b"POST"):
+            return self._error(request, 405, f"use PUT (or POST) /{namespace}/{name}, not {request.method.decode()}")
+        content = request.content
+        content.seek(0, 2)
+        size = content.tell()
+        if size > self.max_message_bytes:
+            return self._error(request, 413, f"the body is {size} bytes, more than the limit of {self.max_message_bytes}")
+        content.seek(0)
+        data = content.read()
+        args: Any = {}
+        request_id = ""
+        if data.strip():
+            try:
+                body = decode_json(data)
+            except RPCError as e:
+                return self._answer(request, error_reply("rpc", "", e))
+            if isinstance(body, dict) and "args" in body and "action" not in body:
+                # A whole envelope; namespace and name come from the path.
+                args = body["args"]
+                if isinstance(body.get("id"), str):
+                    request_id = body["id"]
+            else:
+                args = body
+        session = Session(peer=request.getClientAddress().host)
+        if (namespace, name) not in PUBLIC:
+            try:
+                yield self._authenticate(request, session)
+            except RPCError as e:
+                return self._answer(request, error_reply(namespace if namespace == "events" else "rpc", "", e))
+        elif (namespace, name) == ("rpc", "auth_clear"):
+            self._bearer(request, session)
+        envelope = yield self.router.handle_request(session, namespace, name, request_id, args)
+        return self._answer(request, envelope)
+
+    def _bearer(self, request: IRequest, session: Session) -> None:
+        header = _header(request, b"authorization")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            session.token = value.strip()
+
+    @inlineCallbacks
+    def _authenticate(self, request: IRequest, session: Session) -> Any:
+        header = _header(request, b"authorization")
+        if not header:
+            raise RPCError(401, "credentials missing: send Authorization: Basic or Bearer")
+        scheme, _, value = header.partition(" ")
+        scheme = scheme.lower()
+        value = value.strip()
+        if scheme == "bearer" and value:
+            session.token = value
+            return
+        if scheme != "basic":
+            raise RPCError(401, f"unsupported authorization scheme {scheme[:32]!r}: use Basic or Bearer")
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise RPCError(401, "malformed Basic credentials") from None
+        username, sep, password = decoded.partition(":")
+        if not sep:
+            raise RPCError(401, "malformed Basic credentials: expected user:password")
+        try:
+            session.user = yield self.router.auth.login_cached(username, password)
+        except LoginFailed:
+            log.info("failed login for {username!r} from {peer}", username=username, peer=session.peer)
+            raise RPCError(401, "bad username or password") from None
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: IRequest, failure: Any) -> bytes:
+        return self._error(request, 404, f"no such resource {request.path.decode('utf-8', 'replace')[:200]!r}; "
+                           "requests go to /<namespace>/<name>")
+
+    @app.handle_errors(Exception)
+    def bug(self, request: IRequest, failure: Any) -> bytes:
+        log.failure("bug while handling {path}", failure, path=request.path)
+        return self._error(request, 500, "internal error; the server log has the details")
+
+

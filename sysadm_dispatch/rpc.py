@@ -1,0 +1,343 @@
+"""
+The router both transports share: envelopes in, replies out.
+
+A transport hands each request to ``Router.handle_bytes`` (or
+``handle_request`` when it has already parsed it) together with the
+``Session`` of the connection, and gets back a Deferred reply envelope
+(``None`` for ``auth_clear``).  Handlers raise ``RPCError``; anything else
+is a bug, logged with its traceback and answered 500 without it.  The wire
+protocol is described in docs/protocol.rst.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .auth import Authenticator, LoginFailed, User
+from .dispatcher import Dispatcher, Unavailable
+from .job import InvalidJob
+
+log = Logger()
+
+MAX_DEPTH = 32
+
+
+class RPCError(Exception):
+    """An error reply: an HTTP-style code and one sentence saying what was wrong."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code = code
+        self.detail = detail
+
+    @property
+    def message(self) -> str:
+        return HTTPStatus(self.code).phrase
+
+
+class Subscriber(Protocol):
+    """What a transport that can push events offers the router."""
+
+    def subscribe(self, name: str) -> None: ...
+
+    def unsubscribe(self, name: str) -> None: ...
+
+
+@dataclass
+class Session:
+    """
+    Who is on the other end of one connection (or one HTTP request).
+    ``events`` is set by transports that can push events.
+    """
+
+    peer: str
+    user: User | None = None
+    token: str | None = None
+    events: Subscriber | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _depth(value: Any, limit: int) -> bool:
+    """True if ``value`` nests deeper than ``limit`` (iteratively: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
+
+def decode_json(data: bytes) -> Any:
+    """Parse a UTF-8 JSON message; raises ``RPCError(400)`` saying why not."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RPCError(400, f"the message is not valid UTF-8 (byte {e.start})") from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise RPCError(400, f"the message nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError as e:
+        raise RPCError(400, f"the message is not valid JSON ({e})") from None
+    if _depth(value, MAX_DEPTH):
+        raise RPCError(400, f"the message nests deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def reply(namespace: str, request_id: str, args: Any) -> dict[str, Any]:
+    return {"namespace": namespace, "name": "response", "id": request_id, "args": args}
+
+
+def error_reply(namespace: str, request_id: str, e: RPCError) -> dict[str, Any]:
+    return {
+        "namespace": namespace,
+        "name": "error",
+        "id": request_id,
+        "args": {"code": e.code, "message": e.message, "detail": e.detail},
+    }
+
+
+Handler = Callable[[Session, Any], Any]
+
+#: Requests that need no authenticated user.
+PUBLIC = {("rpc", "auth"), ("rpc", "auth_token"), ("rpc", "auth_clear"), ("rpc", "identify")}
+#: (namespace, name) -> what a read user may do with it, for ``query``.
+CLASSES = {"rpc/dispatcher": ("read/write", "read")}
+
+
+class Router:
+    """The table ``(namespace, name) -> handler`` and the envelope rules around it."""
+
+    def __init__(self, dispatcher: Dispatcher, auth: Authenticator, *, max_message_bytes: int = 1 << 20) -> None:
+        self.dispatcher = dispatcher
+        self.auth = auth
+        self.max_message_bytes = max_message_bytes
+        self.hostname = socket.gethostname()
+        self.handlers: dict[tuple[str, str], Handler] = {
+            ("rpc", "auth"): self.auth_login,
+            ("rpc", "auth_token"): self.auth_token,
+            ("rpc", "auth_clear"): self.auth_clear,
+            ("rpc", "identify"): self.identify,
+            ("rpc", "query"): self.query,
+            ("rpc", "dispatcher"): self.dispatcher_request,
+            ("events", "subscribe"): self.subscribe,
+            ("events", "unsubscribe"): self.unsubscribe,
+        }
+
+    # Entry points for transports.
+
+    def handle_bytes(self, session: Session, data: bytes) -> Deferred[dict[str, Any] | None]:
+        """One whole message from a client; fires with the reply envelope or ``None``."""
+        if len(data) > self.max_message_bytes:
+            e = RPCError(413, f"the message is {len(data)} bytes, more than the limit of {self.max_message_bytes}")
+            return _done(error_reply("rpc", "", e))
+        try:
+            message = decode_json(data)
+        except RPCError as e:
+            return _done(error_reply("rpc", "", e))
+        return self.handle_message(session, message)
+
+    def handle_message(self, session: Session, message: Any) -> Deferred[dict[str, Any] | None]:
+        if not isinstance(message, dict):
+            return _done(error_reply("rpc", "", RPCError(400, "the message must be a JSON object")))
+        request_id = message.get("id", "")
+        if not isinstance(request_id, str):
+            # Echo what can be echoed: ids are strings on this protocol.
+            request_id = json.dumps(request_id)[:256] if isinstance(request_id, int | float) else ""
+        namespace = message.get("namespace")
+        name = message.get("name")
+        echo = namespace if namespace in ("rpc", "events") else "rpc"
+        if not isinstance(namespace, str) or not isinstance(name, str):
+            missing = "namespace" if not isinstance(namespace, str) else "name"
+            return _done(error_reply(echo, request_id, RPCError(400, f"{missing} must be a string")))
+        return self.handle_request(session, namespace, name, request_id, message.get("args"))
+
+    def handle_request(
+        self, session: Session, namespace: str, name: str, request_id: str, args: Any
+    ) -> Deferred[dict[str, Any] | None]:
+        echo = namespace if namespace in ("rpc", "events") else "rpc"
+        d = maybeDeferred(self._dispatch, session, namespace, name, args)
+
+        def ok(result: Any) -> dict[str, Any] | None:
+            if (namespace, name) == ("rpc", "auth_clear"):
+                return None
+            return reply(echo, request_id, result)
+
+        def failed(f: Failure) -> dict[str, Any]:
+            if f.check(RPCError):
+                return error_reply(echo, request_id, f.value)
+            log.failure("bug while handling {namespace}/{name}", f, namespace=namespace, name=name)
+            return error_reply(echo, request_id, RPCError(500, "internal error; the server log has the details"))
+
+        return d.addCallbacks(ok, failed)
+
+    @inlineCallbacks
+    def _dispatch(self, session: Session, namespace: str, name: str, args: Any) -> Any:
+        key = (namespace, name)
+        if key not in PUBLIC:
+            self._require_user(session)
+        handler = self.handlers.get(key)
+        if handler is None:
+            raise RPCError(404, f"unknown request {namespace}/{name}")
+        result = yield maybeDeferred(handler, session, args)
+        return result
+
+    def _require_user(self, session: Session) -> User:
+        if session.token is not None:
+            try:
+                session.user = self.auth.use_token(session.token)
+            except LoginFailed:
+                session.user = None
+                session.token = None
+                raise RPCError(401, "the session's token has expired or was revoked; log in again") from None
+        if session.user is None:
+            raise RPCError(401, "not authenticated: log in with rpc/auth first")
+        return session.user
+
+    def _require_full(self, session: Session, what: str) -> None:
+        user = self._require_user(session)
+        if not user.may_write:
+            raise RPCError(403, f"user {user.name!r} has read-only access and may not {what}")
+
+    # Authentication.
+
+    @inlineCallbacks
+    def auth_login(self, session: Session, args: Any) -> Any:
+        if not isinstance(args, dict):
+            raise RPCError(400, "auth: args must be an object with username and password")
+        username, password = args.get("username"), args.get("password")
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise RPCError(400, "auth: username and password must be strings")
+        try:
+            user = yield self.auth.login(username, password)
+        except LoginFailed:
+            log.info("failed login for {username!r} from {peer}", username=username, peer=session.peer)
+            raise RPCError(401, "bad username or password") from None
+        if session.token is not None:
+            self.auth.revoke_token(session.token)
+        session.user = user
+        session.token = self.auth.issue_token(user)
+        log.info("user {username} logged in from {peer}", username=user.name, peer=session.peer)
+        return [session.token, int(self.auth.token_ttl)]
+
+    def auth_token(self, session: Session, args: Any) -> Any:
+        token = args.get("token") if isinstance(args, dict) else None
+        if not isinstance(token, str):
+            raise RPCError(400, "auth_token: args must be an object with a string token")
+        try:
+            user = self.auth.use_token(token)
+        except LoginFailed:
+            raise RPCError(401, "unknown or expired token") from None
+        session.user = user
+        session.token = token
+        return [token, int(self.auth.token_ttl)]
+
+    def auth_clear(self, session: Session, args: Any) -> None:
+        if session.token is not None:
+            self.auth.revoke_token(session.token)
+        session.token = None
+        session.user = None
+
+    def identify(self, session: Session, args: Any) -> Any:
+        return {"type": "server", "hostname": self.hostname}
+
+    def query(self, session: Session, args: Any) -> Any:
+        user = self._require_user(session)
+        return {
+            "rpc/dispatcher": "read/write" if user.may_write else "read",
+            "rpc/logs": "read",
+        }
+
+    # The dispatcher.
+
+    def dispatcher_request(self, session: Session, args: Any) -> Any:
+        if not isinstance(args, dict):
+            raise RPCError(400, "dispatcher: args must be an object with an action")
+        action = args.get("action")
+        if action == "list":
+            return {"jobs": self.dispatcher.list_jobs()}
+        if action == "run":
+            return self._run(session, args)
+        if action == "kill":
+            return self._kill(session, args)
+        if action is None:
+            raise RPCError(400, "dispatcher: action is missing (list, run or kill)")
+        raise RPCError(400, f"dispatcher: unknown action {str(action)[:64]!r} (list, run or kill)")
+
+    def _run(self, session: Session, args: dict[str, Any]) -> Any:
+        self._require_full(session, "run jobs")
+        try:
+            specs = self.dispatcher.parse_run(args)
+            jobs = self.dispatcher.submit(specs)
+        except InvalidJob as e:
+            raise RPCError(400, str(e)) from None
+        except Unavailable as e:
+            raise RPCError(503, str(e)) from None
+        user = session.user
+        log.info("user {username} started {ids!r}", username=user.name if user else "?", ids=[j.id for j in jobs])
+        return {"started": [job.id for job in jobs]}
+
+    def _kill(self, session: Session, args: dict[str, Any]) -> Any:
+        self._require_full(session, "kill jobs")
+        job_id = args.get("job_id")
+        if isinstance(job_id, str):
+            ids = [job_id]
+        elif isinstance(job_id, list) and job_id and all(isinstance(i, str) for i in job_id):
+            ids = job_id
+        else:
+            raise RPCError(400, "kill: job_id must be a string or a non-empty list of strings")
+        d = self.dispatcher.kill(ids)
+        return d.addCallback(lambda result: {"killed": {"jobs": result[0], "not_found": result[1]}})
+
+    # Events.
+
+    def _event_names(self, session: Session, args: Any, verb: str) -> list[str]:
+        if session.events is None:
+            raise RPCError(400, f"events/{verb} needs a WebSocket connection; this transport cannot push events")
+        if isinstance(args, str):
+            names = [args]
+        elif isinstance(args, list) and all(isinstance(a, str) for a in args):
+            names = list(args)
+        else:
+            raise RPCError(400, f"events/{verb}: args must be an event name or a list of names")
+        known = [n for n in names if n in self.dispatcher.events.names]
+        if not known:
+            raise RPCError(400, f"events/{verb}: no known event named (known: {', '.join(self.dispatcher.events.names)})")
+        return known
+
+    def subscribe(self, session: Session, args: Any) -> Any:
+        names = self._event_names(session, args, "subscribe")
+        assert session.events is not None
+        for name in names:
+            session.events.subscribe(name)
+        return {"subscribe": names[0] if len(names) == 1 else names}
+
+    def unsubscribe(self, session: Session, args: Any) -> Any:
+        names = self._event_names(session, args, "unsubscribe")
+        assert session.events is not None
+        for name in names:
+            session.events.unsubscribe(name)
+        return {"unsubscribe": names[0] if len(names) == 1 else names}
+
+
+def _done(value: Any) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.callback(value)
+    return d
