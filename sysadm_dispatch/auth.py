@@ -19,7 +19,7 @@ import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.cred import credentials as cred_credentials
 from twisted.cred.checkers import ICredentialsChecker
@@ -305,7 +305,8 @@ class Authenticator:
     def __init__(self, reactor: Any, checker: UsersFileChecker, token_ttl: float = 900.0) -> None:
         self.reactor = reactor
         self.checker = checker
-        self.portal = Portal(Realm(checker.role_of), [checker])
+        realm: Any = Realm(checker.role_of)
+        self.portal = Portal(realm, [cast(Any, checker)])
         self.tokens = TokenStore(reactor, token_ttl)
         self._cache_key = os.urandom(32)
         self._basic_cache: dict[bytes, tuple[User, float, int]] = {}
@@ -319,12 +320,12 @@ class Authenticator:
         if not isinstance(username, str) or not isinstance(password, str):
             return fail(LoginFailed("username and password must be strings"))
         creds = cred_credentials.UsernamePassword(username.encode(), password.encode())
-        d = self.portal.login(creds, None, IUser)
+        d = self.portal.login(cast(Any, creds), None, IUser)
 
         def done(result: tuple[Any, User, Any]) -> User:
             return result[1]
 
-        def failed(f: Any) -> None:
+        def failed(f: Any) -> User:
             f.trap(UnauthorizedLogin, NotImplementedError)
             raise LoginFailed("bad username or password")
 

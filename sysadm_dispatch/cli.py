@@ -16,7 +16,16 @@ import getpass
 import os
 import sys
 
-from .auth import ROLES, UserEntry, UsersFileError, default_state_dir, hash_password, read_users, valid_name, write_users
+from .auth import (
+    ROLES,
+    UserEntry,
+    UsersFileError,
+    default_state_dir,
+    hash_password,
+    read_users,
+    valid_name,
+    write_users,
+)
 
 
 def _users_path(args: argparse.Namespace) -> str:

@@ -21,7 +21,7 @@ class Event:
     receive it.
     """
 
-    __slots__ = ("name", "args", "__dict__")
+    __slots__ = ("__dict__", "args", "name")
 
     def __init__(self, name: str, args: dict[str, Any]) -> None:
         self.name = name

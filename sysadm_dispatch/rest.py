@@ -10,12 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from typing import Any, cast
 
 from klein import Klein
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import NotFound
 
@@ -33,7 +32,7 @@ def _body(result: dict[str, Any] | None) -> bytes:
     return json.dumps({"args": result["args"]}, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _header(request: IRequest, name: bytes) -> str:
+def _header(request: Any, name: bytes) -> str:
     value = request.getHeader(name)
     return value.decode("latin-1") if value else ""
 
@@ -48,9 +47,10 @@ class RestAPI:
         self.max_message_bytes = router.max_message_bytes if max_message_bytes is None else max_message_bytes
 
     def resource(self) -> IResource:
-        return self.app.resource()
+        resource: Any = self.app.resource()
+        return cast(IResource, resource)
 
-    def _answer(self, request: IRequest, envelope: dict[str, Any] | None) -> bytes:
+    def _answer(self, request: Any, envelope: dict[str, Any] | None) -> bytes:
         if envelope is None:
             request.setResponseCode(204)
             return b""
@@ -65,19 +65,20 @@ class RestAPI:
                 request.setHeader(b"Allow", ALLOWED)
         return _body(envelope)
 
-    def _error(self, request: IRequest, code: int, detail: str, namespace: str = "rpc") -> bytes:
+    def _error(self, request: Any, code: int, detail: str, namespace: str = "rpc") -> bytes:
         return self._answer(request, error_reply(namespace, "", RPCError(code, detail)))
 
     @app.route("/<string:namespace>/<string:name>", methods=None)
     @inlineCallbacks
-    def rpc(self, request: IRequest, namespace: str, name: str) -> Any:
+    def rpc(self, request: Any, namespace: str, name: str) -> Any:
         if request.method not in (b"PUT", b"POST"):
             return self._error(request, 405, f"use PUT (or POST) /{namespace}/{name}, not {request.method.decode()}")
         content = request.content
         content.seek(0, 2)
         size = content.tell()
         if size > self.max_message_bytes:
-            return self._error(request, 413, f"the body is {size} bytes, more than the limit of {self.max_message_bytes}")
+            limit = self.max_message_bytes
+            return self._error(request, 413, f"the body is {size} bytes, more than the limit of {limit}")
         content.seek(0)
         data = content.read()
         args: Any = {}
@@ -105,14 +106,14 @@ class RestAPI:
         envelope = yield self.router.handle_request(session, namespace, name, request_id, args)
         return self._answer(request, envelope)
 
-    def _bearer(self, request: IRequest, session: Session) -> None:
+    def _bearer(self, request: Any, session: Session) -> None:
         header = _header(request, b"authorization")
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             session.token = value.strip()
 
     @inlineCallbacks
-    def _authenticate(self, request: IRequest, session: Session) -> Any:
+    def _authenticate(self, request: Any, session: Session) -> Any:
         header = _header(request, b"authorization")
         if not header:
             raise RPCError(401, "credentials missing: send Authorization: Basic or Bearer")
@@ -138,12 +139,12 @@ class RestAPI:
             raise RPCError(401, "bad username or password") from None
 
     @app.handle_errors(NotFound)
-    def not_found(self, request: IRequest, failure: Any) -> bytes:
+    def not_found(self, request: Any, failure: Any) -> bytes:
         return self._error(request, 404, f"no such resource {request.path.decode('utf-8', 'replace')[:200]!r}; "
                            "requests go to /<namespace>/<name>")
 
     @app.handle_errors(Exception)
-    def bug(self, request: IRequest, failure: Any) -> bytes:
+    def bug(self, request: Any, failure: Any) -> bytes:
         log.failure("bug while handling {path}", failure, path=request.path)
         return self._error(request, 500, "internal error; the server log has the details")
 

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
@@ -182,7 +182,7 @@ class Router:
 
         def failed(f: Failure) -> dict[str, Any]:
             if f.check(RPCError):
-                return error_reply(echo, request_id, f.value)
+                return error_reply(echo, request_id, cast(RPCError, f.value))
             log.failure("bug while handling {namespace}/{name}", f, namespace=namespace, name=name)
             return error_reply(echo, request_id, RPCError(500, "internal error; the server log has the details"))
 
@@ -319,7 +319,8 @@ class Router:
             raise RPCError(400, f"events/{verb}: args must be an event name or a list of names")
         known = [n for n in names if n in self.dispatcher.events.names]
         if not known:
-            raise RPCError(400, f"events/{verb}: no known event named (known: {', '.join(self.dispatcher.events.names)})")
+            known_names = ", ".join(self.dispatcher.events.names)
+            raise RPCError(400, f"events/{verb}: no known event named (known: {known_names})")
         return known
 
     def subscribe(self, session: Session, args: Any) -> Any:

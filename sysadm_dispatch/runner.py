@@ -18,7 +18,6 @@ from typing import Any
 
 from twisted.internet import abstract, error
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -133,7 +132,7 @@ class JobRunner:
         self._pipe: _OutputPipe | None = None
         self._exit: BaseException | None = None
         self._stopping = False
-        self._timers: dict[str, IDelayedCall] = {}
+        self._timers: dict[str, Any] = {}
         self._finished = False
 
     # Timers: every one of them is named, and one method cancels them all.
@@ -236,8 +235,8 @@ class JobRunner:
         self._cancel("linger")
         self._maybe_command_done()
 
-    def process_ended(self, status: BaseException) -> None:
-        self._exit = status
+    def process_ended(self, status: BaseException | None) -> None:
+        self._exit = status or error.ProcessDone(0)
         if self._pipe is not None and not self._stopping:
             self._later("linger", LINGER_SECONDS, self._abandon_pipe)
         self._maybe_command_done()

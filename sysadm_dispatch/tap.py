@@ -29,15 +29,17 @@ DEFAULT_WS = "tcp:12150:interface=127.0.0.1"
 DEFAULT_REST = "tcp:12151:interface=127.0.0.1"
 
 
-def _number(kind: type, minimum: float, maximum: float | None = None) -> Any:
+def _number(option: str, kind: type, minimum: float, maximum: float | None = None) -> Any:
+    """A coerce function for a numeric option, whose errors name the option."""
+
     def coerce(value: str) -> Any:
         try:
             number = kind(value)
         except ValueError:
-            raise ValueError(f"{value!r} is not a {'whole ' if kind is int else ''}number") from None
+            raise ValueError(f"--{option} {value!r} is not a {'whole ' if kind is int else ''}number") from None
         if number != number or number < minimum or (maximum is not None and number > maximum):
             bound = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-            raise ValueError(f"{value!r} is out of range: must be {bound}")
+            raise ValueError(f"--{option} {value!r} is out of range: must be {bound}")
         return number
 
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
@@ -71,10 +73,14 @@ class Options(usage.Options):
         ["state-dir", None, None, "State directory [default: $XDG_STATE_HOME/sysadm-dispatch or "
                                   "~/.local/state/sysadm-dispatch]."],
         ["users", None, None, "Users file [default: <state-dir>/users]."],
-        ["kill-grace", None, 5.0, "Seconds between SIGTERM and SIGKILL when a job is killed.", _number(float, 0, 3600)],
-        ["token-ttl", None, 900.0, "Seconds a token stays valid without use.", _number(float, 1, 30 * 86400)],
-        ["max-message-bytes", None, 1 << 20, "Largest request accepted, in bytes.", _number(int, 256, 1 << 30)],
-        ["log-cap-bytes", None, 1 << 20, "Output kept per command, in bytes.", _number(int, 64, 1 << 30)],
+        ["kill-grace", None, 5.0, "Seconds between SIGTERM and SIGKILL when a job is killed.",
+         _number("kill-grace", float, 0, 3600)],
+        ["token-ttl", None, 900.0, "Seconds a token stays valid without use.",
+         _number("token-ttl", float, 1, 30 * 86400)],
+        ["max-message-bytes", None, 1 << 20, "Largest request accepted, in bytes.",
+         _number("max-message-bytes", int, 256, 1 << 30)],
+        ["log-cap-bytes", None, 1 << 20, "Output kept per command, in bytes.",
+         _number("log-cap-bytes", int, 64, 1 << 30)],
     ]
 
     def __init__(self) -> None:
@@ -163,7 +169,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         checker = UsersFileChecker(reactor, options["users"])
         checker.load()
     except (OSError, UsersFileError) as e:
-        raise usage.UsageError(str(e)) from None
+        # Reported like a bad option: one line, no traceback.
+        raise SystemExit(f"sysadm-dispatch: cannot prepare the state directory or users file: {e}") from None
 
     top = MultiService()
     dispatcher = Dispatcher(

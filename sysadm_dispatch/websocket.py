@@ -51,7 +51,8 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> None:
         try:
-            self.session = Session(peer=self.transport.getPeer().host, events=self)
+            transport: Any = self.transport
+            self.session = Session(peer=transport.getPeer().host, events=self)
         except Exception:
             log.failure("onConnect failed")
             raise
@@ -84,7 +85,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
     def onMessageFrameEnd(self) -> None:
         if self._too_big:
-            self.frame_data = None
+            self.frame_data = None  # type: ignore[assignment]
             return
         super().onMessageFrameEnd()
 
@@ -92,7 +93,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         if not self._too_big:
             super().onMessageEnd()
             return
-        self.message_data = None
+        self.message_data = None  # type: ignore[assignment]
         limit = self.factory.router.max_message_bytes
         e = RPCError(413, f"the message is at least {self._size} bytes, more than the limit of {limit}")
         self._reply_when(_fired(error_reply("rpc", "", e)))
@@ -135,7 +136,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
 
 class DispatchServerFactory(WebSocketServerFactory):
-    protocol = DispatchServerProtocol
+    protocol = DispatchServerProtocol  # type: ignore[assignment]
 
     def __init__(self, router: Router, events: EventHub, url: str | None = None) -> None:
         super().__init__(url)

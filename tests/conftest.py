@@ -191,7 +191,7 @@ class Server:
         *,
         path: str = "/rpc/dispatcher",
         method: str = "PUT",
-        auth: tuple[str, str] | None | str = "admin",
+        auth: tuple[str, str] | str | None = "admin",
         headers: dict[str, str] | None = None,
         raw: bytes | None = None,
     ) -> tuple[int, Any, Any]:

@@ -1,0 +1,140 @@
+"""
+The server as an administrator runs it: ``twistd -n sysadm-dispatch`` in a
+process of its own, on its first run with nothing configured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+from typing import Any
+
+import pytest_twisted
+import treq
+from conftest import PYTHON, WSClient, pid_alive, poll, python_env, with_timeout
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.web.client import HTTPConnectionPool
+
+ensure = pytest_twisted.ensureDeferred
+
+TWISTD = ["-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Collect(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[Any] = Deferred()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.output += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value)
+
+
+def spawn_twistd(args: list[str], env: dict[str, str], cwd: str) -> tuple[Any, _Collect]:
+    proto = _Collect()
+    process = reactor.spawnProcess(proto, PYTHON, [PYTHON, *TWISTD, "-n", "--pidfile=", *args], env=env, path=cwd)
+    return process, proto
+
+
+async def wait_port(port: int, proto: _Collect) -> None:
+    def up() -> bool:
+        if proto.ended.called:
+            raise AssertionError(f"twistd exited early:\n{proto.output.decode(errors='replace')}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    await poll(up, 30, 0.05)
+
+
+@ensure
+async def test_first_run_defaults_and_clean_shutdown(tmp_path: Any) -> None:
+    env = python_env()
+    env["XDG_STATE_HOME"] = str(tmp_path / "xdg")
+    ws_port, rest_port = free_port(), free_port()
+    process, proto = spawn_twistd(
+        ["sysadm-dispatch", "--ws", f"tcp:{ws_port}:interface=127.0.0.1", "--rest", f"tcp:{rest_port}:interface=127.0.0.1"],
+        env, str(tmp_path),
+    )
+    pool = HTTPConnectionPool(reactor)
+    try:
+        await wait_port(rest_port, proto)
+        await wait_port(ws_port, proto)
+        # First run: the default state directory, a users file with admin,
+        # and the admin password in a file only its owner can read.
+        state = tmp_path / "xdg" / "sysadm-dispatch"
+        users, password_file = state / "users", state / "admin-password"
+        assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(users).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(password_file).st_mode) == 0o600
+        assert users.read_text().count("admin:full:scrypt$") == 1
+        password = password_file.read_text().strip()
+        assert len(password) >= 16
+        assert str(password_file) in proto.output.decode()
+        assert password not in proto.output.decode()
+
+        # A job over REST whose child and grandchild must not outlive the server.
+        pids = tmp_path / "pids"
+        command = f"sh -c 'sleep 300 & echo $$ $! > {pids}; wait'"
+        body = json.dumps({"action": "run", "jobs": [{"id": "long", "commands": command}]}).encode()
+        response = await with_timeout(treq.put(f"http://127.0.0.1:{rest_port}/rpc/dispatcher", data=body,
+                                               auth=("admin", password), pool=pool))
+        assert response.code == 200, await treq.content(response)
+        await treq.content(response)
+        await poll(lambda: pids.exists() and len(pids.read_text().split()) == 2)
+        child, grandchild = map(int, pids.read_text().split())
+
+        # And the same job is seen over WebSocket.
+        client = await WSClient.connect(ws_port)
+        await client.login("admin", password)
+        reply = await client.call("dispatcher", {"action": "list"})
+        assert reply["args"]["jobs"]["no_queue"]["long"]["state"] == "running"
+        await client.close()
+
+        process.signalProcess("TERM")
+        await with_timeout(proto.ended, 30)
+        assert not pid_alive(child)
+        assert not pid_alive(grandchild)
+        assert b"Traceback" not in proto.output
+    finally:
+        await pool.closeCachedConnections()
+        if not proto.ended.called:
+            process.signalProcess("KILL")
+            await proto.ended
+
+
+@ensure
+async def test_bad_option_value_is_a_clear_error(tmp_path: Any) -> None:
+    env = python_env()
+    env["XDG_STATE_HOME"] = str(tmp_path / "xdg")
+    process, proto = spawn_twistd(["sysadm-dispatch", "--kill-grace", "soon"], env, str(tmp_path))
+    status = await with_timeout(proto.ended, 60)
+    assert status.exitCode != 0
+    out = proto.output.decode()
+    assert "--kill-grace 'soon' is not a number" in out.strip().splitlines()[-1]
+    assert "Traceback" not in out
+    del process
+
+
+@ensure
+async def test_unusable_state_dir_is_a_clear_error(tmp_path: Any) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    process, proto = spawn_twistd(["sysadm-dispatch", "--state-dir", str(blocker / "state")], python_env(),
+                                  str(tmp_path))
+    status = await with_timeout(proto.ended, 60)
+    assert status.exitCode != 0
+    out = proto.output.decode()
+    assert "cannot prepare the state directory" in out and "Traceback" not in out
+    del process
