@@ -3,19 +3,29 @@ sysadm-dispatch: run programs on demand for remote clients.
 
 The embedding API: a ``Dispatcher`` to run jobs from Python, and the
 transports to serve it, sharing one ``Router`` (and so one token store).
+Names are imported on first use, so the console script starts quickly.
 """
 
-from .dispatcher import Dispatcher, Unavailable
-from .embed import make_rest_resource, make_router, make_websocket_factory
-from .events import Event
-from .job import InvalidJob
+from __future__ import annotations
 
-__all__ = [
-    "Dispatcher",
-    "Event",
-    "InvalidJob",
-    "Unavailable",
-    "make_rest_resource",
-    "make_router",
-    "make_websocket_factory",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Dispatcher": "dispatcher",
+    "Unavailable": "dispatcher",
+    "Event": "events",
+    "InvalidJob": "job",
+    "make_rest_resource": "embed",
+    "make_router": "embed",
+    "make_websocket_factory": "embed",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sysadm_dispatch' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -19,7 +19,7 @@ import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from twisted.cred import credentials as cred_credentials
 from twisted.cred.checkers import ICredentialsChecker
@@ -30,6 +30,8 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
+
+from .guard import AddressBlocked, LoginGuard
 
 log = Logger()
 
@@ -138,11 +140,13 @@ def ensure_users_file(users_path: str, password_path: str) -> str | None:
     if os.path.exists(users_path):
         return None
     password = secrets.token_urlsafe(18)
-    write_users(users_path, {"admin": UserEntry("admin", FULL, hash_password(password))})
+    # The password file first: should writing it fail, the next start tries
+    # again instead of finding a users file whose password nobody knows.
     fd = os.open(password_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(password + "\n")
     os.chmod(password_path, 0o600)
+    write_users(users_path, {"admin": UserEntry("admin", FULL, hash_password(password))})
     return password_path
 
 
@@ -160,7 +164,7 @@ class UsersFileChecker:
         self.reactor = reactor
         self.path = path
         self.users: dict[str, UserEntry] = {}
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
         self._poll = LoopingCall(self._check_changed)
         self._poll.clock = reactor
         self._poll_seconds = poll_seconds
@@ -178,12 +182,13 @@ class UsersFileChecker:
         if self._poll.running:
             self._poll.stop()
 
-    def _file_stamp(self) -> tuple[int, int, int] | None:
+    def _file_stamp(self) -> tuple[int, ...] | None:
         try:
             st = os.stat(self.path)
         except OSError:
             return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        # Mode and owner too: a file refused for them is read again once fixed.
+        return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid)
 
     def _in_thread(self, f: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
@@ -194,7 +199,7 @@ class UsersFileChecker:
         if stamp == self._stamp:
             return
         try:
-            users = yield self._in_thread(read_users, self.path)
+            users = yield self._in_thread(read_private_users, self.path)
         except (OSError, UsersFileError) as e:
             log.error("cannot read users file {path}: {error}; keeping the users read before", path=self.path,
                       error=str(e))
@@ -252,33 +257,46 @@ class _Token:
     expires: float
 
 
+def _token_key(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
 class TokenStore:
-    """Random tokens with sliding expiry, shared by every transport."""
+    """
+    Random tokens with sliding expiry, shared by every transport.
+
+    Only a SHA-256 digest of each token is kept, and looked up by digest:
+    how long a lookup takes can at most tell an attacker about the digest
+    of what they sent, which says nothing about any real token (finding a
+    token from its digest is a preimage attack on SHA-256), and the table
+    in memory holds nothing a client could present.
+    """
 
     def __init__(self, reactor: Any, ttl: float) -> None:
         self.reactor = reactor
         self.ttl = ttl
-        self._tokens: dict[str, _Token] = {}
+        self._tokens: dict[bytes, _Token] = {}
         self._next_sweep = 0.0
 
     def issue(self, user: User) -> str:
         token = secrets.token_urlsafe(32)  # 256 random bits
-        self._tokens[token] = _Token(user, self.reactor.seconds() + self.ttl)
+        self._tokens[_token_key(token)] = _Token(user, self.reactor.seconds() + self.ttl)
         self._sweep()
         return token
 
     def use(self, token: str) -> User:
         """The token's user; renews the token.  Raises ``LoginFailed``."""
         now = self.reactor.seconds()
-        entry = self._tokens.get(token)
+        key = _token_key(token)
+        entry = self._tokens.get(key)
         if entry is None or entry.expires <= now:
-            self._tokens.pop(token, None)
+            self._tokens.pop(key, None)
             raise LoginFailed("unknown or expired token")
         entry.expires = now + self.ttl
         return entry.user
 
     def revoke(self, token: str) -> None:
-        self._tokens.pop(token, None)
+        self._tokens.pop(_token_key(token), None)
 
     def revoke_user(self, name: str) -> None:
         for token in [t for t, e in self._tokens.items() if e.user.name == name]:
@@ -296,15 +314,37 @@ class TokenStore:
             del self._tokens[token]
 
 
+class PasswordChecker(Protocol):
+    """What ``Authenticator`` needs of a checker: the users file's, or the system's (PAM)."""
+
+    credentialInterfaces: tuple[Any, ...]
+    #: Bumped whenever users or roles may have changed (drops cached Basic logins).
+    changed: int
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]: ...
+
+    def role_of(self, name: str) -> str | None: ...
+
+    def load(self) -> None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class Authenticator:
     """
     Logins, tokens and the cache that keeps HTTP Basic auth (a password
-    on every request) from costing a password hash every time.
+    on every request) from costing a password hash every time.  Logins
+    that name the client's address go through the ``LoginGuard``.
     """
 
-    def __init__(self, reactor: Any, checker: UsersFileChecker, token_ttl: float = 900.0) -> None:
+    def __init__(
+        self, reactor: Any, checker: PasswordChecker, token_ttl: float = 900.0, *, guard: LoginGuard | None = None
+    ) -> None:
         self.reactor = reactor
         self.checker = checker
+        self.guard = guard if guard is not None else LoginGuard(reactor)
         realm: Any = Realm(checker.role_of)
         self.portal = Portal(realm, [cast(Any, checker)])
         self.tokens = TokenStore(reactor, token_ttl)
@@ -315,11 +355,41 @@ class Authenticator:
     def token_ttl(self) -> float:
         return self.tokens.ttl
 
-    def login(self, username: str, password: str) -> Deferred[User]:
-        """Check a username and password; fires with the ``User`` or fails with ``LoginFailed``."""
+    def login(self, username: str, password: str, address: str | None = None) -> Deferred[User]:
+        """
+        Check a username and password; fires with the ``User`` or fails with
+        ``LoginFailed``.  With the client's ``address``, the attempt is
+        counted, and fails with ``AddressBlocked`` (before any password is
+        checked) while the address is blocked.
+        """
+        if address is None:
+            return self._login(username, password)
+        guard = self.guard
+
+        def check(_: None) -> Deferred[User]:
+            return self._login(username, password).addCallbacks(succeeded, failed)
+
+        def succeeded(user: User) -> User:
+            guard.succeeded(address)
+            return user
+
+        def failed(f: Any) -> Any:
+            if f.check(LoginFailed):
+                guard.failed(address)
+            else:
+                guard.abandoned(address)
+            return f
+
+        return guard.attempt(address).addCallback(check)
+
+    def _login(self, username: str, password: str) -> Deferred[User]:
         if not isinstance(username, str) or not isinstance(password, str):
             return fail(LoginFailed("username and password must be strings"))
-        creds = cred_credentials.UsernamePassword(username.encode(), password.encode())
+        try:
+            creds = cred_credentials.UsernamePassword(username.encode(), password.encode())
+        except UnicodeEncodeError:
+            # JSON can carry lone surrogates, which no user name or password holds.
+            return fail(LoginFailed("bad username or password"))
         d = self.portal.login(cast(Any, creds), None, IUser)
 
         def done(result: tuple[Any, User, Any]) -> User:
@@ -331,12 +401,20 @@ class Authenticator:
 
         return d.addCallbacks(done, failed)
 
-    def login_cached(self, username: str, password: str) -> Deferred[User]:
+    def login_cached(self, username: str, password: str, address: str | None = None) -> Deferred[User]:
         """``login``, remembering a success for a while (for HTTP Basic auth)."""
-        key = hmac.new(self._cache_key, f"{username}\0{password}".encode(), hashlib.sha256).digest()
+        if address is not None:
+            try:
+                self.guard.check(address)
+            except AddressBlocked:
+                return fail()
+        key = hmac.new(self._cache_key, f"{username}\0{password}".encode("utf-8", "surrogatepass"),
+                       hashlib.sha256).digest()
         now = self.reactor.seconds()
         hit = self._basic_cache.get(key)
         if hit is not None and hit[1] > now and hit[2] == self.checker.changed:
+            if address is not None:
+                self.guard.reset(address)
             return succeed(hit[0])
 
         def remember(user: User) -> User:
@@ -345,7 +423,7 @@ class Authenticator:
             self._basic_cache[key] = (user, now + min(self.token_ttl, 300.0), self.checker.changed)
             return user
 
-        return self.login(username, password).addCallback(remember)
+        return self.login(username, password, address).addCallback(remember)
 
     def issue_token(self, user: User) -> str:
         return self.tokens.issue(user)
@@ -364,10 +442,18 @@ class Authenticator:
 
 
 def check_private(path: str) -> None:
-    """Refuse a file or directory that others may write to."""
+    """Refuse a file or directory that others may write to (or own, and so chmod)."""
     st = os.stat(path)
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise UsersFileError(f"{path} is writable by group or others; fix with chmod go-w")
+    if st.st_uid not in (0, os.geteuid()):
+        raise UsersFileError(f"{path} belongs to uid {st.st_uid}, neither root nor the server's user; fix with chown")
+
+
+def read_private_users(path: str) -> dict[str, UserEntry]:
+    """``read_users``, refusing a file that others could have written."""
+    check_private(path)
+    return read_users(path)
 
 
 def default_state_dir() -> str:

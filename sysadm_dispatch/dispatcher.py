@@ -7,12 +7,13 @@ them on request, and publishes what happens to each job as events.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .events import EventHub
 from .job import (
@@ -20,6 +21,7 @@ from .job import (
     FINISHED,
     NO_QUEUE,
     PENDING,
+    RUNNING,
     InvalidJob,
     Job,
     JobSpec,
@@ -28,19 +30,29 @@ from .job import (
     specs_from_run_args,
 )
 from .queues import Queue
-from .runner import JobRunner
+from .runner import JobRunner, stop_orphans
+from .store import HistoryPage, Opened, Store, StoreError
 
 log = Logger()
 
 
 class Unavailable(Exception):
-    """The dispatcher cannot take this work now (full, or stopping)."""
+    """The dispatcher cannot take this work now (full, stopping, or its store cannot write)."""
+
+
+#: Seconds between attempts to record a job's start while the store cannot write.
+START_RETRY_SECONDS = 1.0
 
 
 class Dispatcher(Service):
     """
     Runs jobs in named queues.  ``no_queue`` runs everything at once;
     ``pkg_queue`` and ``iocage_queue`` one job at a time, in order.
+
+    With a ``store`` (opened by ``startService``, closed by ``stopService``)
+    accepted jobs survive a restart or a crash and finished jobs are kept as
+    history: see docs/persistence.rst.  Without one, nothing outlives the
+    process.
     """
 
     name = "dispatcher"
@@ -51,11 +63,15 @@ class Dispatcher(Service):
         *,
         queues: Mapping[str, int] | None = None,
         kill_grace: float = 5.0,
+        job_timeout: float = 0.0,
         log_cap_bytes: int = 1 << 20,
         limits: Limits = Limits(),
         max_pending: int = 10000,
         environ: Mapping[str, str] | None = None,
         events: EventHub | None = None,
+        update_interval: float = 1.0,
+        runner_factory: Callable[..., Any] = JobRunner,
+        store: Store | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -66,17 +82,37 @@ class Dispatcher(Service):
         for name, limit in {**DEFAULT_QUEUES, **(queues or {})}.items():
             self.queues[name] = Queue(name, limit)
         self.kill_grace = kill_grace
+        #: Seconds a job without a ``timeout`` of its own may run (0: no limit).
+        self.job_timeout = job_timeout
         self.log_cap_bytes = log_cap_bytes
         self.limits = limits
         self.max_pending = max_pending
         self.environ = dict(os.environ if environ is None else environ)
         self.events = events if events is not None else EventHub()
+        #: At most one ``running`` update per job per this many seconds.
+        self.update_interval = update_interval
+        self.runner_factory = runner_factory
+        self._updates: dict[str, Any] = {}
+        self._last_update: dict[str, float] = {}
         #: The job table: every pending and running job, by id.
         self.jobs: dict[str, Job] = {}
         self._runners: dict[str, JobRunner] = {}
         self._waiters: dict[str, list[Deferred[dict[str, Any]]]] = {}
         self._starting = False
         self._stopping = False
+        self.store = store
+        # Durability bookkeeping (with a store): ids of jobs being recorded,
+        # taken but not yet visible; jobs whose start is being recorded (their
+        # queue slot is taken); running jobs ended by a server stop rather
+        # than by a user; store writes not yet done.
+        self._reserved: dict[str, Job] = {}
+        self._promised: set[str] = set()
+        self._recording_start: set[str] = set()
+        self._interrupting: set[str] = set()
+        self._writes: set[Deferred[None]] = set()
+        self._recovered = store is None
+        self._recovery_waiters: list[Deferred[None]] = []
+        self._start_retry: Any = None
 
     # Accepting work.
 
@@ -91,29 +127,111 @@ class Dispatcher(Service):
         for spec in specs:
             if spec.id in self.jobs:
                 raise InvalidJob(f"job {spec.id!r}: a job with this id is already {self.jobs[spec.id].state}")
+            if spec.id in self._reserved:
+                raise InvalidJob(f"job {spec.id!r}: a job with this id is already being queued")
             if spec.queue not in self.queues:
                 raise InvalidJob(f"job {spec.id!r}: unknown queue {spec.queue!r}")
             if spec.cwd is not None and not os.path.isdir(spec.cwd):
                 raise InvalidJob(f"job {spec.id!r}: cwd {spec.cwd!r} is not an existing directory")
-        pending = sum(1 for job in self.jobs.values() if job.state == PENDING)
+        pending = sum(1 for job in self.jobs.values() if job.state == PENDING) + len(self._reserved)
         if pending + len(specs) > self.max_pending:
             raise Unavailable(f"the dispatcher already holds {pending} pending jobs (limit {self.max_pending})")
         if self._stopping:
             raise Unavailable("the dispatcher is shutting down")
 
-    def submit(self, specs: Sequence[JobSpec]) -> list[Job]:
-        """Queue jobs that ``parse_run`` accepted; all of them or none."""
+    def submit(self, specs: Sequence[JobSpec]) -> Deferred[list[Job]]:
+        """
+        Queue jobs that ``parse_run`` accepted; all of them or none.  Raises
+        ``InvalidJob`` or ``Unavailable`` at once if they cannot be taken.
+        With a store, the jobs become visible and start only once durably
+        recorded: the Deferred fires then, or fails with ``Unavailable`` if
+        they could not be recorded (and then none of them was queued).
+        """
+        if not self._recovered:
+            # Jobs recovered from the store go first, and a new job may not
+            # take the id of one of them.
+            waiter: Deferred[None] = Deferred()
+            self._recovery_waiters.append(waiter)
+            return waiter.addCallback(lambda _: self.submit(specs))
         self.check(specs)
         now = self.reactor.seconds()
         jobs = [Job(spec, self.log_cap_bytes, now) for spec in specs]
+        if self.store is None:
+            self._accept(jobs)
+            return succeed(jobs)
+        # Jobs that will start at once are recorded as started in the same
+        # commit: one write, and the reply finds them running.
+        promised = self._promise_starts(jobs)
+        for job in jobs:
+            self._reserved[job.id] = job
+        self._promised.update(promised)
+
+        def release() -> None:
+            for job in jobs:
+                self._reserved.pop(job.id, None)
+            self._promised.difference_update(promised)
+
+        def recorded(_: object) -> list[Job]:
+            release()
+            self._accept(jobs, promised)
+            return jobs
+
+        def not_recorded(f: Failure) -> Failure:
+            release()
+            if not f.check(StoreError):
+                return f
+            log.error("jobs {ids!r} refused: the store could not record them: {error}",
+                      ids=[job.id for job in jobs], error=f.getErrorMessage())
+            return Failure(Unavailable(f"{f.getErrorMessage()}; no job of this request was queued"))
+
+        rows = [(job.spec, now, now if job.id in promised else None) for job in jobs]
+        return self._track(self.store.add(rows).addCallbacks(recorded, not_recorded))
+
+    def _promise_starts(self, jobs: Sequence[Job]) -> set[str]:
+        """
+        Which of these new jobs may start as soon as they are recorded: those
+        whose queue has room now, with no job waiting ahead of them, counting
+        the room taken by jobs still being recorded.
+        """
+        promised: set[str] = set()
+        if self._stopping:
+            return promised
+        blocked = {job.queue for job in self._reserved.values() if job.id not in self._promised}
+        taken = {name: 0 for name in self.queues}
+        for job_id in self._promised:
+            taken[self._reserved[job_id].queue] += 1
+        for name in {job.queue for job in jobs} - blocked:
+            queue = self.queues[name]
+            if any(j.state == PENDING and j.id not in self._recording_start for j in queue):
+                blocked.add(name)  # a job waits there already
+            else:
+                taken[name] += sum(1 for j in queue if j.state != PENDING or j.id in self._recording_start)
+        for job in jobs:
+            limit = self.queues[job.queue].limit
+            if job.queue not in blocked and (limit == 0 or taken[job.queue] < limit):
+                promised.add(job.id)
+                taken[job.queue] += 1
+            else:
+                blocked.add(job.queue)
+        return promised
+
+    def _accept(self, jobs: Sequence[Job], promised: Collection[str] = ()) -> None:
         for job in jobs:
             self.jobs[job.id] = job
             self.queues[job.queue].add(job)
             log.info("job {job_id} queued in {queue}: {commands!r}", job_id=job.id, queue=job.queue,
                      commands=list(job.spec.commands))
             self._publish(job)
+        for job in jobs:
+            if job.id not in promised:
+                continue
+            if self._stopping:
+                # Recorded as started, but it will not start now.
+                assert self.store is not None
+                self._track(self.store.mark_pending(job.id)).addErrback(self._log_store_error, job.id)
+            else:
+                self._start(job)
         self._start_ready()
-        return jobs
 
     def run(
         self,
@@ -127,7 +245,8 @@ class Dispatcher(Service):
     ) -> Deferred[dict[str, Any]]:
         """
         Queue one job; the Deferred fires with its finished record (the
-        ``args`` of its ``finished`` event).  Raises ``InvalidJob``.
+        ``args`` of its ``finished`` event), or fails with ``Unavailable`` if
+        the job could not be recorded.  Raises ``InvalidJob``.
         """
         obj: dict[str, Any] = {
             "commands": commands if isinstance(commands, str) else list(commands),
@@ -142,12 +261,32 @@ class Dispatcher(Service):
         if timeout:
             obj["timeout"] = timeout
         [spec] = self.parse_run({"action": "run", "jobs": [obj]})
-        [job] = self.submit([spec])
-        return self.finished(job.id)
+        # Waiting before submitting: a job may finish as soon as it is queued.
+        done: Deferred[dict[str, Any]] = Deferred()
+        self._waiters.setdefault(spec.id, []).append(done)
+
+        def forget() -> None:
+            waiters = self._waiters.get(spec.id, [])
+            if done in waiters:
+                waiters.remove(done)
+                if not waiters:
+                    del self._waiters[spec.id]
+
+        def refused(f: Failure) -> None:
+            forget()
+            done.errback(f)
+
+        try:
+            submitted = self.submit([spec])
+        except Exception:
+            forget()
+            raise
+        submitted.addErrback(refused)
+        return done
 
     def finished(self, job_id: str) -> Deferred[dict[str, Any]]:
         """Fires with the job's finished record once the active job ``job_id`` ends."""
-        if job_id not in self.jobs:
+        if job_id not in self.jobs and job_id not in self._reserved:
             raise KeyError(job_id)
         d: Deferred[dict[str, Any]] = Deferred()
         self._waiters.setdefault(job_id, []).append(d)
@@ -165,16 +304,61 @@ class Dispatcher(Service):
                 progress = False
                 for queue in self.queues.values():
                     for job in queue.startable():
+                        if job.id in self._recording_start:
+                            continue
                         progress = True
-                        self._start(job)
+                        self._begin(job)
         finally:
             self._starting = False
 
+    def _begin(self, job: Job) -> None:
+        """
+        Start a job; with a store, only once its start is on disk, so that a
+        job that may have run is never run again after a crash.
+        """
+        store = self.store
+        if store is None:
+            self._start(job)
+            return
+        self._recording_start.add(job.id)
+
+        def recorded(_: object) -> None:
+            self._recording_start.discard(job.id)
+            if self.jobs.get(job.id) is not job or job.state != PENDING:
+                return  # killed meanwhile; its end is recorded after this
+            if self._stopping:
+                # Stays pending for the next start.
+                self._track(store.mark_pending(job.id)).addErrback(self._log_store_error, job.id)
+                return
+            self._start(job)
+
+        def not_recorded(f: Failure) -> None:
+            self._recording_start.discard(job.id)
+            if not f.check(StoreError):
+                log.failure("bug while starting job {job_id}", f, job_id=job.id)
+                return
+            log.error("job {job_id} waits: the store cannot record its start: {error}", job_id=job.id,
+                      error=f.getErrorMessage())
+            if self._start_retry is None and not self._stopping:
+                self._start_retry = self.reactor.callLater(START_RETRY_SECONDS, self._retry_starts)
+
+        d = store.mark_started(job.id, self.reactor.seconds()).addCallbacks(recorded, not_recorded)
+        self._track(d)
+
+    def _retry_starts(self) -> None:
+        self._start_retry = None
+        self._start_ready()
+
     def _start(self, job: Job) -> None:
         job.start(self.reactor.seconds())
-        runner = JobRunner(self.reactor, job, environ=self.environ, kill_grace=self.kill_grace)
+        if job.timeout is None and self.job_timeout:
+            job.timeout = self.job_timeout
+        runner = self.runner_factory(
+            self.reactor, job, environ=self.environ, kill_grace=self.kill_grace, on_output=self._output
+        )
         self._runners[job.id] = runner
         log.info("job {job_id} started", job_id=job.id)
+        self._last_update[job.id] = self.reactor.seconds()
         self._publish(job)
         runner.start().addCallback(self._ended)
 
@@ -183,7 +367,31 @@ class Dispatcher(Service):
         self._finish(job)
         self._start_ready()
 
+    def _output(self, job: Job, index: int, data: bytes) -> None:
+        """New output: a ``running`` update follows, coalesced per job."""
+        if job.id in self._updates:
+            return
+        due = self._last_update.get(job.id, 0.0) + self.update_interval
+        delay = max(0.0, due - self.reactor.seconds())
+        self._updates[job.id] = self.reactor.callLater(delay, self._send_update, job)
+
+    def _send_update(self, job: Job) -> None:
+        del self._updates[job.id]
+        if job.state != RUNNING or not job.has_unstreamed_output():
+            return
+        self._last_update[job.id] = self.reactor.seconds()
+        self.events.publish("dispatcher", job.record(job.running_update()))
+
     def _finish(self, job: Job) -> None:
+        if job.id in self._interrupting:
+            # Ended because the server stops, not by a user's kill.
+            self._interrupting.discard(job.id)
+            job.killed = False
+            job.interrupted = True
+        update = self._updates.pop(job.id, None)
+        if update is not None and update.active():
+            update.cancel()
+        self._last_update.pop(job.id, None)
         job.finish(self.reactor.seconds())
         self.queues[job.queue].remove(job)
         del self.jobs[job.id]
@@ -192,6 +400,7 @@ class Dispatcher(Service):
             job_id=job.id, success=job.success, killed=job.killed, timed_out=job.timed_out, codes=job.return_codes,
         )
         record = job.record()
+        self._record_finished(job, record)
         self.events.publish("dispatcher", record)
         for d in self._waiters.pop(job.id, []):
             d.callback(record)
@@ -240,12 +449,129 @@ class Dispatcher(Service):
     def stopService(self) -> Deferred[None]:
         """
         Kill every running job (SIGTERM, then SIGKILL after the grace);
-        fires once every one of their processes is gone.
+        fires once every one of their processes is gone.  They finish as
+        ``interrupted`` (not ``killed``: no user asked).  With a store,
+        pending jobs stay recorded for the next start, and the store is
+        closed once every write is done.
         """
         super().stopService()
         self._stopping = True
-        running = [job.id for job in self.jobs.values() if job.state != PENDING and job.state != FINISHED]
-        if not running:
+        if self._start_retry is not None and self._start_retry.active():
+            self._start_retry.cancel()
+        self._start_retry = None
+        running = [job for job in self.jobs.values() if job.state != PENDING and job.state != FINISHED]
+        self._interrupting.update(job.id for job in running if not (job.killed or job.timed_out))
+        if running:
+            log.info("stopping: killing {count} running jobs", count=len(running))
+            d = self.kill([job.id for job in running]).addCallback(lambda _: None)
+        else:
+            d = succeed(None)
+        # Then whatever orphans of jobs no job claimed (a subreaper server's).
+        d.addCallback(lambda _: stop_orphans(self.reactor, self.kill_grace))
+        if self.store is None:
+            return d
+        store = self.store
+        return d.addCallback(lambda _: self._writes_done()).addCallback(lambda _: store.close())
+
+    # The store.
+
+    def startService(self) -> None:
+        """With a store: open it and take up the jobs it holds (see ``_recover``)."""
+        super().startService()
+        if self.store is not None and not self._recovered:
+            self._track(self.store.open().addCallbacks(self._recover, self._store_failed))
+
+    def _recover(self, opened: Opened) -> None:
+        """
+        Jobs that were pending are queued again, in their original order;
+        jobs that were running when the server died are not run again (half
+        a ``pkg install`` must not be repeated blindly): they finish now as
+        ``interrupted``.
+        """
+        if opened.moved_aside:
+            log.critical("the job store {path} was corrupt or unreadable: moved it to {moved} and started an "
+                         "empty one; queued jobs and history in it are not used", path=self.store and self.store.path,
+                         moved=opened.moved_aside)
+        now = self.reactor.seconds()
+        requeued = 0
+        for stored in opened.jobs:
+            job = Job(stored.spec, self.log_cap_bytes, stored.time_queued)
+            if stored.time_started is not None:
+                job.start(stored.time_started)
+                log.warn("job {job_id} was running when the server stopped without finishing it: "
+                         "recorded as interrupted, not run again", job_id=job.id)
+            elif job.queue not in self.queues:
+                log.warn("job {job_id} was pending in queue {queue}, which no longer exists: recorded as "
+                         "interrupted", job_id=job.id, queue=job.queue)
+            else:
+                self.jobs[job.id] = job
+                self.queues[job.queue].add(job)
+                self._publish(job)
+                requeued += 1
+                continue
+            job.interrupted = True
+            job.finish(now)
+            record = job.record()
+            self._record_finished(job, record)
+            self.events.publish("dispatcher", record)
+        if opened.jobs:
+            log.info("job store: {count} pending jobs queued again", count=requeued)
+        self._recovered = True
+        waiters, self._recovery_waiters = self._recovery_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        self._start_ready()
+
+    def _store_failed(self, f: Failure) -> None:
+        log.critical("the job store cannot be used; run requests will be refused: {error}",
+                     error=f.getErrorMessage())
+        self._recovered = True
+        waiters, self._recovery_waiters = self._recovery_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _record_finished(self, job: Job, record: dict[str, Any]) -> None:
+        if self.store is not None:
+            assert job.time_finished is not None
+            d = self.store.finish(record, job.time_finished)
+            self._track(d).addErrback(self._log_store_error, job.id)
+
+    def _log_store_error(self, f: Failure, job_id: str) -> None:
+        log.error("the store could not record the state of job {job_id}: {error}", job_id=job_id,
+                  error=f.getErrorMessage())
+
+    def _track(self, d: Deferred[Any]) -> Deferred[Any]:
+        """Count ``d`` among the store writes that stopping waits for."""
+        done: Deferred[None] = Deferred()
+        self._writes.add(done)
+
+        def settled(result: Any) -> Any:
+            self._writes.discard(done)
+            done.callback(None)
+            return result
+
+        return d.addBoth(settled)
+
+    def _writes_done(self) -> Deferred[None]:
+        if not self._writes:
             return succeed(None)
-        log.info("stopping: killing {count} running jobs", count=len(running))
-        return self.kill(running).addCallback(lambda _: None)
+        return DeferredList(list(self._writes)).addCallback(lambda _: self._writes_done())
+
+    def read_history(self, start: float, end: float, limit: int) -> Deferred[HistoryPage]:
+        """Finished records in ``[start, end]``, newest first, at most ``limit``, and whether more matched."""
+        return self._history_store().history(start, end, limit).addErrback(_unavailable)
+
+    def last_record(self, job_id: str) -> Deferred[dict[str, Any] | None]:
+        """The latest finished record of ``job_id``, or None."""
+        return self._history_store().latest(job_id).addErrback(_unavailable)
+
+    def _history_store(self) -> Store:
+        if self.store is None:
+            raise Unavailable("this server keeps no job history (it runs without a store)")
+        return self.store
+
+
+def _unavailable(f: Failure) -> Failure:
+    if f.check(StoreError):
+        return Failure(Unavailable(f.getErrorMessage()))
+    return f

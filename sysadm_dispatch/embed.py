@@ -36,6 +36,10 @@ def make_rest_resource(router: Router) -> IResource:
     return RestAPI(router).resource()
 
 
-def make_websocket_factory(router: Router) -> DispatchServerFactory:
-    """The WebSocket server factory, to listen with on any stream endpoint."""
-    return _websocket_factory(router)
+def make_websocket_factory(router: Router, *, max_backlog_bytes: int = 4 << 20) -> DispatchServerFactory:
+    """
+    The WebSocket server factory, to listen with on any stream endpoint.  A
+    client that lets more than ``max_backlog_bytes`` wait for it is
+    disconnected.
+    """
+    return _websocket_factory(router, max_backlog_bytes=max_backlog_bytes)

@@ -21,11 +21,14 @@ class Event:
     receive it.
     """
 
-    __slots__ = ("__dict__", "args", "name")
+    __slots__ = ("__dict__", "args", "cache", "name")
 
     def __init__(self, name: str, args: dict[str, Any]) -> None:
         self.name = name
         self.args = args
+        #: Where a transport may keep its own encoding of the event, made
+        #: once for all its subscribers.
+        self.cache: dict[str, Any] = {}
 
     @cached_property
     def frame(self) -> bytes:

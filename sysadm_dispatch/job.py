@@ -68,14 +68,16 @@ def _describe(job_id: object) -> str:
     return f"job {job_id!r}" if isinstance(job_id, str) else "a job"
 
 
-def parse_commands(job_id: str, value: object, limits: Limits) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+def parse_commands(
+    job_id: str, value: object, limits: Limits, where: str | None = None
+) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
     """
     Validate one command or a chain and split each command into words.
 
     Commands are never given to a shell: they are split by POSIX shell
     quoting rules and executed directly.
     """
-    where = _describe(job_id)
+    where = where or _describe(job_id)
     if isinstance(value, str):
         commands: list[str] = [value]
     elif isinstance(value, list) and all(isinstance(c, str) for c in value):
@@ -102,9 +104,9 @@ def parse_commands(job_id: str, value: object, limits: Limits) -> tuple[tuple[st
     return tuple(commands), tuple(argvs)
 
 
-def _check_id(job_id: object, limits: Limits) -> str:
+def _check_id(job_id: object, limits: Limits, where: str | None = None) -> str:
     if not isinstance(job_id, str) or not job_id:
-        raise InvalidJob(f"{_describe(job_id)}: a job id must be a non-empty string")
+        raise InvalidJob(f"{where or _describe(job_id)}: a job id must be a non-empty string")
     if len(job_id) > limits.max_id_chars:
         raise InvalidJob(f"job {job_id[:40]!r}...: a job id may be at most {limits.max_id_chars} characters long")
     if any(ord(c) < 32 for c in job_id):
@@ -119,7 +121,8 @@ def _spec_from_object(obj: object, index: int, queues: Collection[str], limits: 
     if not isinstance(obj, dict):
         raise InvalidJob(f"jobs[{index}] must be an object")
     unknown = sorted(set(obj) - _EXTENDED_KEYS)
-    where = _describe(obj.get("id")) if "id" in obj else f"jobs[{index}]"
+    # A job is named by its id when the client gave one, else by its place.
+    where = _describe(obj["id"]) if isinstance(obj.get("id"), str) else f"jobs[{index}]"
     if unknown:
         raise InvalidJob(f"{where}: unknown key {unknown[0]!r}")
     queue = obj.get("queue", NO_QUEUE)
@@ -127,11 +130,10 @@ def _spec_from_object(obj: object, index: int, queues: Collection[str], limits: 
         raise InvalidJob(f"{where}: queue must be a string")
     if queue not in queues:
         raise InvalidJob(f"{where}: unknown queue {queue!r} (known: {', '.join(sorted(queues))})")
-    job_id = _check_id(obj["id"], limits) if "id" in obj else make_job_id(queue)
-    where = _describe(job_id)
+    job_id = _check_id(obj["id"], limits, where) if "id" in obj else make_job_id(queue)
     if "commands" not in obj:
         raise InvalidJob(f"{where}: commands are missing")
-    commands, argvs = parse_commands(job_id, obj["commands"], limits)
+    commands, argvs = parse_commands(job_id, obj["commands"], limits, where)
     cwd = obj.get("cwd")
     if cwd is not None and (not isinstance(cwd, str) or not cwd or "\x00" in cwd):
         raise InvalidJob(f"{where}: cwd must be a non-empty string")
@@ -141,6 +143,8 @@ def _spec_from_object(obj: object, index: int, queues: Collection[str], limits: 
     if not isinstance(env, dict):
         raise InvalidJob(f"{where}: env must be an object of strings")
     for key, value in env.items():
+        if not isinstance(key, str):
+            raise InvalidJob(f"{where}: env name {key!r} is not a valid variable name")
         if not isinstance(value, str):
             raise InvalidJob(f"{where}: env value of {key!r} must be a string")
         if not key or "=" in key or "\x00" in key or "\x00" in value:
@@ -229,15 +233,59 @@ class CappedLog:
         kept_tail = min(self._tail_size, self._tail_cap)
         return self.total - len(self._head) - kept_tail
 
+    def _tail_bytes(self) -> bytes:
+        return b"".join(self._tail)[-self._tail_cap :] if self._tail_cap > 0 else b""
+
     def getvalue(self) -> bytes:
-        tail = b"".join(self._tail)[-self._tail_cap :] if self._tail_cap > 0 else b""
+        tail = self._tail_bytes()
         if self.dropped:
-            marker = f"\n[sysadm-dispatch: {self.dropped} bytes of output dropped here]\n".encode()
-            return bytes(self._head) + marker + tail
+            return bytes(self._head) + _marker(self.dropped) + tail
         return bytes(self._head) + tail
+
+    def since(self, offset: int, final: bool = False) -> tuple[bytes, int]:
+        """
+        The output from byte ``offset`` on, as far as it is kept (a marker
+        stands for what the cap dropped), and the offset to continue from.
+        Unless ``final``, an incomplete UTF-8 sequence at the end is held back
+        for next time.
+        """
+        total = self.total
+        if offset >= total:
+            return b"", total
+        head_len = len(self._head)
+        tail_start = total - min(self._tail_size, self._tail_cap)
+        parts = []
+        if offset < head_len:
+            parts.append(bytes(self._head[offset:]))
+            offset = head_len
+        if offset < tail_start:
+            parts.append(_marker(tail_start - offset))
+            offset = tail_start
+        if offset < total:
+            parts.append(self._tail_bytes()[offset - tail_start :])
+        data = b"".join(parts)
+        if not final:
+            held = _incomplete_utf8_suffix(data)
+            if held:
+                return data[:-held], total - held
+        return data, total
 
     def text(self) -> str:
         return self.getvalue().decode("utf-8", "replace")
+
+
+def _marker(dropped: int) -> bytes:
+    return f"\n[sysadm-dispatch: {dropped} bytes of output dropped here]\n".encode()
+
+
+def _incomplete_utf8_suffix(data: bytes) -> int:
+    """How many bytes at the end of ``data`` begin a UTF-8 character not yet complete."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # a lead byte (or ASCII)
+            need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+            return back if need > back else 0
+    return 0
 
 
 def iso_time(t: float | None) -> str | None:
@@ -262,11 +310,16 @@ class Job:
         self.time_finished: float | None = None
         self.logs: list[CappedLog] = []
         self.return_codes: list[int] = []
+        #: How much of each command's output running updates have carried.
+        self.streamed: list[int] = []
         self.killed = False
         self.timed_out = False
         self.interrupted = False
         self.signal: str | None = None
         self.escalated = False
+        #: Seconds this job may run: its own ``timeout``, or the server's
+        #: default applied when it starts.
+        self.timeout: float | None = spec.timeout
 
     @property
     def id(self) -> str:
@@ -307,6 +360,7 @@ class Job:
     def begin_command(self) -> CappedLog:
         log = CappedLog(self.log_cap)
         self.logs.append(log)
+        self.streamed.append(0)
         return log
 
     def end_command(self, exit_code: int) -> None:
@@ -331,7 +385,7 @@ class Job:
             entry["current_cmd"] = self.current_cmd
         return entry
 
-    def process_details(self) -> dict[str, Any]:
+    def _details_head(self) -> dict[str, Any]:
         details: dict[str, Any] = {
             "process_id": self.id,
             "state": self.state,
@@ -343,12 +397,37 @@ class Job:
             details["time_finished"] = iso_time(self.time_finished)
         if self.current_cmd is not None:
             details["current_cmd"] = self.current_cmd
+        return details
+
+    def process_details(self) -> dict[str, Any]:
+        """Every command's whole (capped) log and exit code so far."""
+        details = self._details_head()
         for index, log in enumerate(self.logs):
             command = self.spec.commands[index]
             # A command repeated in a chain shares its key: its logs are
             # concatenated and the last exit code stands.
             details[command] = details.get(command, "") + log.text()
             if index < len(self.return_codes):
+                details[f"return_codes/{command}"] = str(self.return_codes[index])
+        return details
+
+    def has_unstreamed_output(self) -> bool:
+        return any(log.total > sent for log, sent in zip(self.logs, self.streamed, strict=True))
+
+    def running_update(self) -> dict[str, Any]:
+        """
+        ``process_details`` for a ``running`` update: each command's output
+        since the previous update only, and the exit codes of the commands
+        that ended.  Advances what counts as sent.
+        """
+        details = self._details_head()
+        for index, log in enumerate(self.logs):
+            command = self.spec.commands[index]
+            ended = index < len(self.return_codes)
+            data, self.streamed[index] = log.since(self.streamed[index], final=ended)
+            if data:
+                details[command] = details.get(command, "") + data.decode("utf-8", "replace")
+            if ended:
                 details[f"return_codes/{command}"] = str(self.return_codes[index])
         return details
 
@@ -364,6 +443,7 @@ class Job:
             "timed_out": self.timed_out,
             "interrupted": self.interrupted,
             "signal": self.signal,
+            "escalated": self.escalated,
         }
 
 

@@ -16,10 +16,12 @@ from klein import Klein
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
 from werkzeug.exceptions import NotFound
 
 from .auth import LoginFailed
-from .rpc import PUBLIC, Router, RPCError, Session, decode_json, error_reply
+from .guard import AddressBlocked, client_address, peer_host
+from .rpc import PUBLIC, Router, RPCError, Session, error_reply
 
 log = Logger()
 
@@ -37,18 +39,53 @@ def _header(request: Any, name: bytes) -> str:
     return value.decode("latin-1") if value else ""
 
 
+class _BoundedRequest(Request):
+    """
+    A request that keeps at most ``max_body`` bytes of its body and counts
+    the rest, so an oversized body costs neither memory nor disk before
+    it is answered 413.
+    """
+
+    max_body = 1 << 20
+    body_size = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self.body_size += len(data)
+        if self.body_size <= self.max_body:
+            super().handleContentChunk(data)
+
+
 class RestAPI:
-    """A Klein app bound to one router; ``resource()`` is what to serve."""
+    """
+    A Klein app bound to one router; ``resource()`` is what to serve (or
+    ``site()``, which also bounds request bodies while they arrive).  With
+    ``trust_proxy``, the client's address is taken from ``X-Forwarded-For``.
+    """
 
     app = Klein()
 
-    def __init__(self, router: Router, *, max_message_bytes: int | None = None) -> None:
+    def __init__(self, router: Router, *, max_message_bytes: int | None = None, trust_proxy: bool = False) -> None:
         self.router = router
         self.max_message_bytes = router.max_message_bytes if max_message_bytes is None else max_message_bytes
+        self.trust_proxy = trust_proxy
 
     def resource(self) -> IResource:
         resource: Any = self.app.resource()
         return cast(IResource, resource)
+
+    def site(self, *, timeout: float | None = None) -> Site:
+        """The resource in a ``Site`` that drops connections idle for ``timeout`` seconds."""
+        request_class = type("BoundedRequest", (_BoundedRequest,), {"max_body": self.max_message_bytes})
+        site = Site(self.resource(), requestFactory=request_class, timeout=timeout)
+        site.displayTracebacks = False
+        return site
+
+    def _client_address(self, request: Any) -> str:
+        forwarded = None
+        if self.trust_proxy:
+            values = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
+            forwarded = b",".join(values).decode("latin-1")
+        return client_address(peer_host(request.getClientAddress()), forwarded, self.trust_proxy)
 
     def _answer(self, request: Any, envelope: dict[str, Any] | None) -> bytes:
         if envelope is None:
@@ -71,11 +108,17 @@ class RestAPI:
     @app.route("/<string:namespace>/<string:name>", methods=None)
     @inlineCallbacks
     def rpc(self, request: Any, namespace: str, name: str) -> Any:
+        session = Session(peer=self._client_address(request))
+        try:
+            # Before anything else, and so before any credentials are looked at.
+            self.router.check_address(session)
+        except RPCError as e:
+            return self._answer(request, error_reply(namespace if namespace == "events" else "rpc", "", e))
         if request.method not in (b"PUT", b"POST"):
             return self._error(request, 405, f"use PUT (or POST) /{namespace}/{name}, not {request.method.decode()}")
         content = request.content
         content.seek(0, 2)
-        size = content.tell()
+        size = max(content.tell(), getattr(request, "body_size", 0))
         if size > self.max_message_bytes:
             limit = self.max_message_bytes
             return self._error(request, 413, f"the body is {size} bytes, more than the limit of {limit}")
@@ -85,7 +128,7 @@ class RestAPI:
         request_id = ""
         if data.strip():
             try:
-                body = decode_json(data)
+                body = self.router.decode(data)
             except RPCError as e:
                 return self._answer(request, error_reply("rpc", "", e))
             if isinstance(body, dict) and "args" in body and "action" not in body:
@@ -95,7 +138,6 @@ class RestAPI:
                     request_id = body["id"]
             else:
                 args = body
-        session = Session(peer=request.getClientAddress().host)
         if (namespace, name) not in PUBLIC:
             try:
                 yield self._authenticate(request, session)
@@ -133,9 +175,11 @@ class RestAPI:
         if not sep:
             raise RPCError(401, "malformed Basic credentials: expected user:password")
         try:
-            session.user = yield self.router.auth.login_cached(username, password)
+            session.user = yield self.router.auth.login_cached(username, password, session.peer)
+        except AddressBlocked as e:
+            raise RPCError(403, str(e)) from None
         except LoginFailed:
-            log.info("failed login for {username!r} from {peer}", username=username, peer=session.peer)
+            log.info("failed login for {username!r} from {peer}", username=username[:64], peer=session.peer)
             raise RPCError(401, "bad username or password") from None
 
     @app.handle_errors(NotFound)

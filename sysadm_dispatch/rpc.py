@@ -24,11 +24,14 @@ from twisted.python.failure import Failure
 
 from .auth import Authenticator, LoginFailed, User
 from .dispatcher import Dispatcher, Unavailable
+from .guard import AddressBlocked
+from .history import BadQuery, parse_read_logs, read_logs_reply
 from .job import InvalidJob
 
 log = Logger()
 
 MAX_DEPTH = 32
+MAX_STRING_CHARS = 65536
 
 
 class RPCError(Exception):
@@ -66,21 +69,30 @@ class Session:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _depth(value: Any, limit: int) -> bool:
-    """True if ``value`` nests deeper than ``limit`` (iteratively: no recursion)."""
+def _check_shape(value: Any, max_depth: int, max_string: int | None) -> None:
+    """Raise ``RPCError(400)`` if ``value`` nests deeper than ``max_depth`` or holds a longer string."""
     stack = [(value, 1)]
-    while stack:
+    while stack:  # iteratively: no recursion on hostile input
         item, depth = stack.pop()
-        if depth > limit:
-            return True
+        if depth > max_depth:
+            raise RPCError(400, f"the message nests deeper than {max_depth} levels")
         if isinstance(item, dict):
+            if max_string is not None:
+                for key in item:
+                    _check_string(key, max_string)
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
-    return False
+        elif isinstance(item, str) and max_string is not None:
+            _check_string(item, max_string)
 
 
-def decode_json(data: bytes) -> Any:
+def _check_string(text: str, limit: int) -> None:
+    if len(text) > limit:
+        raise RPCError(400, f"the message holds a string of {len(text)} characters, more than the limit of {limit}")
+
+
+def decode_json(data: bytes, max_depth: int = MAX_DEPTH, max_string: int | None = MAX_STRING_CHARS) -> Any:
     """Parse a UTF-8 JSON message; raises ``RPCError(400)`` saying why not."""
     try:
         text = data.decode("utf-8")
@@ -89,11 +101,10 @@ def decode_json(data: bytes) -> Any:
     try:
         value = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
-        raise RPCError(400, f"the message nests deeper than {MAX_DEPTH} levels") from None
+        raise RPCError(400, f"the message nests deeper than {max_depth} levels") from None
     except ValueError as e:
         raise RPCError(400, f"the message is not valid JSON ({e})") from None
-    if _depth(value, MAX_DEPTH):
-        raise RPCError(400, f"the message nests deeper than {MAX_DEPTH} levels")
+    _check_shape(value, max_depth, max_string)
     return value
 
 
@@ -125,10 +136,20 @@ CLASSES = {"rpc/dispatcher": ("read/write", "read")}
 class Router:
     """The table ``(namespace, name) -> handler`` and the envelope rules around it."""
 
-    def __init__(self, dispatcher: Dispatcher, auth: Authenticator, *, max_message_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        auth: Authenticator,
+        *,
+        max_message_bytes: int = 1 << 20,
+        max_depth: int = MAX_DEPTH,
+        max_string_chars: int = MAX_STRING_CHARS,
+    ) -> None:
         self.dispatcher = dispatcher
         self.auth = auth
         self.max_message_bytes = max_message_bytes
+        self.max_depth = max_depth
+        self.max_string_chars = max_string_chars
         self.hostname = socket.gethostname()
         self.handlers: dict[tuple[str, str], Handler] = {
             ("rpc", "auth"): self.auth_login,
@@ -137,26 +158,46 @@ class Router:
             ("rpc", "identify"): self.identify,
             ("rpc", "query"): self.query,
             ("rpc", "dispatcher"): self.dispatcher_request,
+            ("rpc", "logs"): self.logs_request,
             ("events", "subscribe"): self.subscribe,
             ("events", "unsubscribe"): self.unsubscribe,
         }
 
     # Entry points for transports.
 
+    def decode(self, data: bytes) -> Any:
+        """Parse a message within this router's depth and string limits; raises ``RPCError(400)``."""
+        return decode_json(data, self.max_depth, self.max_string_chars)
+
+    def check_address(self, session: Session) -> None:
+        """``RPCError(403)`` while the session's address is blocked after failed logins."""
+        try:
+            self.auth.guard.check(session.peer)
+        except AddressBlocked as e:
+            raise RPCError(403, str(e)) from None
+
+    def _refusal(self, session: Session, namespace: str, request_id: str, e: RPCError) -> Deferred[Any]:
+        """An early error reply; a blocked address gets its 403 instead, whatever it sent."""
+        try:
+            self.check_address(session)
+        except RPCError as blocked:
+            e = blocked
+        return _done(error_reply(namespace, request_id, e))
+
     def handle_bytes(self, session: Session, data: bytes) -> Deferred[dict[str, Any] | None]:
         """One whole message from a client; fires with the reply envelope or ``None``."""
         if len(data) > self.max_message_bytes:
             e = RPCError(413, f"the message is {len(data)} bytes, more than the limit of {self.max_message_bytes}")
-            return _done(error_reply("rpc", "", e))
+            return self._refusal(session, "rpc", "", e)
         try:
-            message = decode_json(data)
+            message = self.decode(data)
         except RPCError as e:
-            return _done(error_reply("rpc", "", e))
+            return self._refusal(session, "rpc", "", e)
         return self.handle_message(session, message)
 
     def handle_message(self, session: Session, message: Any) -> Deferred[dict[str, Any] | None]:
         if not isinstance(message, dict):
-            return _done(error_reply("rpc", "", RPCError(400, "the message must be a JSON object")))
+            return self._refusal(session, "rpc", "", RPCError(400, "the message must be a JSON object"))
         request_id = message.get("id", "")
         if not isinstance(request_id, str):
             # Echo what can be echoed: ids are strings on this protocol.
@@ -166,7 +207,7 @@ class Router:
         echo = namespace if namespace in ("rpc", "events") else "rpc"
         if not isinstance(namespace, str) or not isinstance(name, str):
             missing = "namespace" if not isinstance(namespace, str) else "name"
-            return _done(error_reply(echo, request_id, RPCError(400, f"{missing} must be a string")))
+            return self._refusal(session, echo, request_id, RPCError(400, f"{missing} must be a string"))
         return self.handle_request(session, namespace, name, request_id, message.get("args"))
 
     def handle_request(
@@ -191,6 +232,10 @@ class Router:
     @inlineCallbacks
     def _dispatch(self, session: Session, namespace: str, name: str, args: Any) -> Any:
         key = (namespace, name)
+        # Before anything else, and so before any password or token is looked
+        # at.  (auth_clear keeps its rule of no reply; it only forgets a token.)
+        if key != ("rpc", "auth_clear"):
+            self.check_address(session)
         if key not in PUBLIC:
             self._require_user(session)
         handler = self.handlers.get(key)
@@ -226,9 +271,11 @@ class Router:
         if not isinstance(username, str) or not isinstance(password, str):
             raise RPCError(400, "auth: username and password must be strings")
         try:
-            user = yield self.auth.login(username, password)
+            user = yield self.auth.login(username, password, session.peer)
+        except AddressBlocked as e:
+            raise RPCError(403, str(e)) from None
         except LoginFailed:
-            log.info("failed login for {username!r} from {peer}", username=username, peer=session.peer)
+            log.info("failed login for {username!r} from {peer}", username=username[:64], peer=session.peer)
             raise RPCError(401, "bad username or password") from None
         if session.token is not None:
             self.auth.revoke_token(session.token)
@@ -285,14 +332,20 @@ class Router:
         self._require_full(session, "run jobs")
         try:
             specs = self.dispatcher.parse_run(args)
-            jobs = self.dispatcher.submit(specs)
+            submitted = self.dispatcher.submit(specs)
         except InvalidJob as e:
             raise RPCError(400, str(e)) from None
         except Unavailable as e:
             raise RPCError(503, str(e)) from None
-        user = session.user
-        log.info("user {username} started {ids!r}", username=user.name if user else "?", ids=[j.id for j in jobs])
-        return {"started": [job.id for job in jobs]}
+
+        # The reply waits until the jobs are recorded (with a store).
+        def started(jobs: list[Any]) -> Any:
+            user = session.user
+            log.info("user {username} started {ids!r}", username=user.name if user else "?",
+                     ids=[j.id for j in jobs])
+            return {"started": [job.id for job in jobs]}
+
+        return submitted.addCallbacks(started, _refused)
 
     def _kill(self, session: Session, args: dict[str, Any]) -> Any:
         self._require_full(session, "kill jobs")
@@ -305,6 +358,39 @@ class Router:
             raise RPCError(400, "kill: job_id must be a string or a non-empty list of strings")
         d = self.dispatcher.kill(ids)
         return d.addCallback(lambda result: {"killed": {"jobs": result[0], "not_found": result[1]}})
+
+    # The history.
+
+    def logs_request(self, session: Session, args: Any) -> Any:
+        """``rpc/logs`` (any role): ``read_logs`` and ``job``; see docs/protocol.rst."""
+        if not isinstance(args, dict):
+            raise RPCError(400, "logs: args must be an object with an action")
+        action = args.get("action")
+        try:
+            if action == "read_logs":
+                query = parse_read_logs(args, self.dispatcher.reactor.seconds())
+                d = self.dispatcher.read_history(query.start, query.end, query.limit)
+                return d.addCallbacks(lambda page: read_logs_reply(query, *page), _refused)
+            if action == "job":
+                return self._last_record(args.get("job_id"))
+        except BadQuery as e:
+            raise RPCError(400, str(e)) from None
+        except Unavailable as e:
+            raise RPCError(503, str(e)) from None
+        if action is None:
+            raise RPCError(400, "logs: action is missing (read_logs or job)")
+        raise RPCError(400, f"logs: unknown action {str(action)[:64]!r} (read_logs or job)")
+
+    def _last_record(self, job_id: Any) -> Deferred[Any]:
+        if not isinstance(job_id, str) or not job_id:
+            raise RPCError(400, "logs: job_id must be a non-empty string")
+
+        def found(record: dict[str, Any] | None) -> dict[str, Any]:
+            if record is None:
+                raise RPCError(404, f"no finished job {job_id[:256]!r} in the history")
+            return record
+
+        return self.dispatcher.last_record(job_id).addCallbacks(found, _refused)
 
     # Events.
 
@@ -336,6 +422,15 @@ class Router:
         for name in names:
             session.events.unsubscribe(name)
         return {"unsubscribe": names[0] if len(names) == 1 else names}
+
+
+def _refused(f: Failure) -> Failure:
+    """Dispatcher refusals that arrive late (with a store) as error replies."""
+    if f.check(InvalidJob):
+        return Failure(RPCError(400, f.getErrorMessage()))
+    if f.check(Unavailable):
+        return Failure(RPCError(503, f.getErrorMessage()))
+    return f
 
 
 def _done(value: Any) -> Deferred[Any]:

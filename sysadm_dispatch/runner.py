@@ -1,116 +1,75 @@
 """
-Running one job: its commands in sequence, each in a process group of its
-own, output captured, stopping at the first failure; and ending it on demand
-or on timeout with SIGTERM, then SIGKILL after a grace period.
+Running one job: its commands in sequence, each leading a session and
+process group of its own, output captured, stopping at the first failure;
+and ending it, on demand, on timeout or at shutdown, with SIGTERM to every
+process of it, then SIGKILL to whatever is left after a grace period.
 
-The ``ProcessProtocol`` here is thin: it forwards to ``JobRunner``, which owns
-the policy and every timer.
+``JobRunner`` owns that policy and every timer of it (each named, one method
+cancels them all); starting processes and finding a job's processes is
+``ProcessTracker``'s work (procs.py), so the policy can be driven with a
+Clock and a stand-in tracker.  What the guarantees are is stated in
+docs/processes.rst.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
 import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twisted.internet import abstract, error
 from twisted.internet.defer import Deferred
-from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from .job import EXIT_NOT_STARTED, Job
+from .job import Job
+from .procs import Command, JobTree, ProcessTracker, tracker_for
+from .spawn import SpawnError
 
 log = Logger()
 
-#: util-linux ``setsid`` gives each command a session and process group of
-#: its own while keeping its pid, so the whole group can be signalled.
-#: (Twisted spawns with posix_spawnp where it can, so a ``setpgid`` in a
-#: pre-exec hook would never run.)
-SETSID = shutil.which("setsid")
-#: coreutils ``env -C DIR`` changes directory in the child, so that Twisted
-#: can keep using posix_spawnp (it falls back to fork when given ``path=``).
-ENV = shutil.which("env") or "/usr/bin/env"
-
-#: How long to wait for the output pipe to close after a command exited
-#: normally (a background process it left may still hold it open).
+#: How long to keep reading a finished job's output while something that is
+#: not one of its processes as far as can be seen still holds the pipe.
 LINGER_SECONDS = 2.0
-#: How often to look whether a killed job's process group is empty.
-GROUP_POLL_SECONDS = 0.05
-#: How long to keep looking after SIGKILL before giving up on stragglers.
+#: First and longest wait between looks at whether a stopped job's
+#: processes are gone (the wait doubles in between).
+POLL_FIRST_SECONDS = 0.01
+POLL_MAX_SECONDS = 0.25
+#: How long to keep looking after SIGKILL before reporting the job finished
+#: with stragglers (a process in uninterruptible sleep cannot die sooner).
 AFTER_KILL_SECONDS = 2.0
-READ_SIZE = 256 * 1024
 
 OutputCallback = Callable[[Job, int, bytes], None]
 
 
-def resolve_program(word: str, path: str | None) -> str | None:
-    """
-    Where the first word of a command is found: looked up on ``PATH`` unless
-    it names a path itself (then it is used as given, relative to the job's
-    working directory).
-    """
-    if "/" in word:
-        return word
-    return shutil.which(word, path=path)
-
-
-class _OutputPipe(abstract.FileDescriptor):
-    """The read end of the one pipe a command's stdout and stderr share."""
-
-    def __init__(self, reactor: Any, fd: int, runner: JobRunner) -> None:
-        super().__init__(reactor)
-        os.set_blocking(fd, False)
-        self.fd = fd
-        self.runner = runner
-        self.startReading()
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def doRead(self) -> object:
+def exit_code(status: int | None) -> tuple[int, str | None]:
+    """A ``waitpid`` status as a shell reports it: ``(code, signal name)``; 128+N for death by signal N."""
+    if status is None:
+        return 255, None
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
         try:
-            data = os.read(self.fd, READ_SIZE)
-        except BlockingIOError:
-            return None
-        except OSError as e:
-            return None if e.errno == errno.EINTR else CONNECTION_LOST
-        if not data:
-            return CONNECTION_DONE
-        self.runner.output_received(data)
-        return None
-
-    def abandon(self) -> None:
-        """Stop reading although the pipe is still open."""
-        self.stopReading()
-        self.connectionLost(Failure(CONNECTION_DONE))
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self.fd < 0:
-            return
-        abstract.FileDescriptor.connectionLost(self, reason)
-        os.close(self.fd)
-        self.fd = -1
-        self.runner.output_closed()
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"SIG{signum}"
+        return 128 + signum, name
+    return os.waitstatus_to_exitcode(status), None
 
 
-class _CommandProtocol(ProcessProtocol):
-    def __init__(self, runner: JobRunner) -> None:
-        self.runner = runner
-
-    def processEnded(self, reason: Failure) -> None:
-        self.runner.process_ended(reason.value)
+def stop_orphans(reactor: Any, grace: float) -> Deferred[None]:
+    """At shutdown: end orphaned processes no job claimed (only a subreaper has them)."""
+    return tracker_for(reactor).stop_strays(grace)
 
 
 class JobRunner:
     """
     Runs the commands of one job.  ``done`` fires with the job once every
     process of it is gone; the runner records exit codes and how the job
-    ended on the job itself, and leaves its state to the dispatcher.
+    ended on the job itself (``killed``, ``timed_out``, ``signal``,
+    ``escalated``), and leaves its state to the dispatcher.
+
+    The job ends when its last command has exited (or one failed, or it was
+    killed or timed out); processes it left running then are stopped the
+    same way a killed job's are.
     """
 
     def __init__(
@@ -121,19 +80,35 @@ class JobRunner:
         environ: Mapping[str, str],
         kill_grace: float,
         on_output: OutputCallback | None = None,
+        processes: ProcessTracker | None = None,
     ) -> None:
         self.reactor = reactor
         self.job = job
         self.kill_grace = kill_grace
         self.on_output = on_output
+        self.processes = processes if processes is not None else tracker_for(reactor)
         self.env = {**environ, **job.spec.env}
         self.done: Deferred[Job] = Deferred()
-        self._process: Any = None
-        self._pipe: _OutputPipe | None = None
-        self._exit: BaseException | None = None
+        self.tree: JobTree | None = None
+        #: The command running now (its leader has not exited yet).
+        self._command: Command | None = None
+        #: Every command started, for their output pipes.
+        self._commands: list[Command] = []
+        self._spawning = False
+        self._early_exit: list[int | None] = []
         self._stopping = False
-        self._timers: dict[str, Any] = {}
+        self._killing = False
+        self._cleanup = False
+        self._ending = False
+        self._draining = False
         self._finished = False
+        self._poll_delay = POLL_FIRST_SECONDS
+        self._timers: dict[str, Any] = {}
+
+    @property
+    def pid(self) -> int | None:
+        """The pid (and session id) of the command running now, if any."""
+        return self._command.pid if self._command is not None else None
 
     # Timers: every one of them is named, and one method cancels them all.
 
@@ -151,14 +126,16 @@ class JobRunner:
         if call is not None and call.active():
             call.cancel()
 
-    def _cancel_all(self) -> None:
+    def _cancel_all(self, keep: tuple[str, ...] = ()) -> None:
         for name in list(self._timers):
-            self._cancel(name)
+            if name not in keep:
+                self._cancel(name)
 
     # Running.
 
     def start(self) -> Deferred[Job]:
-        timeout = self.job.spec.timeout
+        self.tree = self.processes.new_tree()
+        timeout = self.job.timeout
         if timeout:
             self._later("timeout", timeout, self._timed_out)
         self._next_command()
@@ -168,181 +145,206 @@ class JobRunner:
         job = self.job
         index = len(job.logs)
         failed = bool(job.return_codes) and job.return_codes[-1] != 0
-        if self._stopping or failed or index == len(job.spec.commands):
-            self._finish()
+        if failed or index == len(job.spec.commands):
+            self._end_of_job()
             return
         job.begin_command()
-        argv = job.spec.argvs[index]
-        cwd = job.spec.cwd
-        program = resolve_program(argv[0], self.env.get("PATH", os.defpath))
-        if program is None:
-            self._not_started(f"program {argv[0]!r} not found on PATH", EXIT_NOT_STARTED)
-            return
-        if cwd is not None and not os.path.isdir(cwd):
-            self._not_started(f"working directory {cwd!r} does not exist", EXIT_NOT_STARTED)
-            return
-        args = [program, *argv[1:]]
-        if cwd is not None:
-            args = [ENV, "-C", cwd, "--", *args]
-        if SETSID is not None:
-            args = [SETSID, "--", *args]
+        assert self.tree is not None
+        self._spawning = True
         try:
-            read_fd, write_fd = os.pipe()
-        except OSError as e:
-            self._not_started(f"cannot create a pipe ({e.strerror})", EXIT_NOT_STARTED)
-            return
-        try:
-            devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            os.close(read_fd)
-            os.close(write_fd)
-            self._not_started(f"cannot open {os.devnull} ({e.strerror})", EXIT_NOT_STARTED)
-            return
-        try:
-            self._process = self.reactor.spawnProcess(
-                _CommandProtocol(self),
-                args[0],
-                args,
-                env=self.env,
-                childFDs={0: devnull, 1: write_fd, 2: write_fd},
+            command = self.processes.start_command(
+                self.tree,
+                job.spec.argvs[index],
+                job.spec.cwd,
+                self.env,
+                lambda data: self._output(index, data),
+                self._output_closed,
+                self._exited,
             )
-        except OSError as e:
-            os.close(read_fd)
-            self._not_started(f"cannot start {argv[0]!r} ({e.strerror})", EXIT_NOT_STARTED)
+        except SpawnError as e:
+            self._spawning = False
+            self._not_started(index, e)
             return
-        finally:
-            os.close(write_fd)
-            os.close(devnull)
-        self._exit = None
-        self._pipe = _OutputPipe(self.reactor, read_fd, self)
-        log.debug("job {job_id}: started {argv!r} as pid {pid}", job_id=job.id, argv=argv, pid=self._process.pid)
+        self._spawning = False
+        self._command = command
+        self._commands.append(command)
+        log.debug("job {job_id}: started {argv!r} as pid {pid}", job_id=job.id, argv=job.spec.argvs[index],
+                  pid=command.pid)
+        if self._early_exit:
+            self._exited(self._early_exit.pop())
 
-    def _not_started(self, reason: str, code: int) -> None:
-        message = f"sysadm-dispatch: cannot run command: {reason}\n".encode()
-        self.output_received(message)
-        self.job.end_command(code)
-        log.info("job {job_id}: {reason}", job_id=self.job.id, reason=reason)
+    def _not_started(self, index: int, error: SpawnError) -> None:
+        self._note(index, f"cannot run command: {error.reason}")
+        self.job.end_command(error.exit_code)
+        log.info("job {job_id}: {reason}", job_id=self.job.id, reason=error.reason)
         self._next_command()
 
-    def output_received(self, data: bytes) -> None:
-        index = len(self.job.logs) - 1
+    def _note(self, index: int, text: str) -> None:
+        """A line of the server's own in a command's log."""
+        self._output(index, f"sysadm-dispatch: {text}\n".encode())
+
+    def _output(self, index: int, data: bytes) -> None:
         self.job.logs[index].write(data)
         if self.on_output is not None:
             self.on_output(self.job, index, data)
 
-    def output_closed(self) -> None:
-        self._pipe = None
-        self._cancel("linger")
-        self._maybe_command_done()
-
-    def process_ended(self, status: BaseException | None) -> None:
-        self._exit = status or error.ProcessDone(0)
-        if self._pipe is not None and not self._stopping:
-            self._later("linger", LINGER_SECONDS, self._abandon_pipe)
-        self._maybe_command_done()
-
-    def _abandon_pipe(self) -> None:
-        if self._pipe is not None:
-            log.info("job {job_id}: output still open after the command exited; left to its background processes",
-                     job_id=self.job.id)
-            self._pipe.abandon()
-
-    def _maybe_command_done(self) -> None:
-        if self._exit is None or self._pipe is not None:
+    def _exited(self, status: int | None) -> None:
+        if self._spawning:
+            # Reaped before start_command even returned.
+            self._early_exit.append(status)
             return
-        if self._stopping and self._group_alive():
-            self._later("group", GROUP_POLL_SECONDS, self._maybe_command_done)
+        if self._finished or self._command is None:
             return
-        status, self._exit = self._exit, None
-        self._process = None
-        code = getattr(status, "exitCode", None)
-        signum = getattr(status, "signal", None)
-        if isinstance(status, error.ProcessDone):
-            code = 0
-        if signum:
-            self.job.signal = signal.Signals(signum).name
-            code = 128 + signum
-        self.job.end_command(code if code is not None else 1)
-        self._next_command()
+        self._command = None
+        code, name = exit_code(status)
+        if status is None:
+            self._note(len(self.job.logs) - 1, "the command's exit status was lost (reaped elsewhere)")
+        # The signal that ended the job is the one that ended its last command.
+        self.job.signal = name
+        self.job.end_command(code)
+        if self._stopping:
+            self._check_stopped()
+        else:
+            self._next_command()
 
-    def _finish(self) -> None:
-        if self._finished:
+    def _end_of_job(self) -> None:
+        """The job's commands are over: stop whatever they left running, then finish."""
+        assert self.tree is not None
+        if self.processes.quick_empty(self.tree):
+            self._finish_outputs()
             return
-        self._finished = True
-        self._cancel_all()
-        self.done.callback(self.job)
+        self._cleanup = True
+        self._begin_stop()
 
     # Stopping.
 
     def kill(self, *, timed_out: bool = False) -> None:
         """
-        End the job: its process group gets SIGTERM now and SIGKILL if
+        End the job: every process of it gets SIGTERM now, and SIGKILL if
         anything of it is still alive after the grace period.
         """
-        if self._stopping or self._finished:
+        if self._finished:
             return
-        self._stopping = True
-        if timed_out:
-            self.job.timed_out = True
-        else:
-            self.job.killed = True
-        self._cancel("timeout")
-        self._cancel("linger")
-        if self._process is None:
-            # Between commands; nothing is running.
+        if not (self.job.killed or self.job.timed_out):
+            if timed_out:
+                self.job.timed_out = True
+            else:
+                self.job.killed = True
+        if self._ending:
+            # Nothing of it is running: only its output was still awaited.
             self._finish()
             return
-        self._signal_group(signal.SIGTERM)
-        self._later("escalate", self.kill_grace, self._escalate)
+        if self._stopping:
+            return
+        self._begin_stop()
 
     def _timed_out(self) -> None:
-        log.info("job {job_id}: timed out after {seconds}s", job_id=self.job.id, seconds=self.job.spec.timeout)
+        log.info("job {job_id}: timed out after {seconds}s", job_id=self.job.id, seconds=self.job.timeout)
         self.kill(timed_out=True)
 
-    def _escalate(self) -> None:
-        if self._process is None and self._exit is None:
+    def _begin_stop(self) -> None:
+        assert self.tree is not None
+        self._stopping = True
+        self._cancel("timeout")
+        self.processes.signal_groups(self.tree, signal.SIGTERM)
+        self._later("escalate", self.kill_grace, self._escalate)
+        self.processes.sweep(self.tree, signal.SIGTERM).addCallback(self._first_sweep)
+
+    def _first_sweep(self, alive: int) -> None:
+        if self._cleanup and alive and self.job.logs:
+            s = "" if alive == 1 else "es"
+            self._note(len(self.job.logs) - 1, f"stopping {alive} process{s} the job left running")
+            log.info("job {job_id}: stopping {count} processes it left running", job_id=self.job.id, count=alive)
+        self._check_stopped()
+
+    def _check_stopped(self) -> None:
+        """Once the running command has exited, look whether anything of the job is left."""
+        if self._finished or self._ending or self._command is not None:
             return
-        self.job.escalated = True
-        log.info("job {job_id}: still alive {grace}s after SIGTERM, sending SIGKILL",
-                 job_id=self.job.id, grace=self.kill_grace)
-        self._signal_group(signal.SIGKILL)
-        self.job.signal = "SIGKILL"
+        assert self.tree is not None
+        sig = signal.SIGKILL if self._killing else None
+        self.processes.sweep(self.tree, sig).addCallback(self._swept)
+
+    def _swept(self, alive: int) -> None:
+        if self._finished or self._ending or self._command is not None:
+            return
+        if not alive:
+            self._finish_outputs()
+            return
+        self._later("poll", self._poll_delay, self._check_stopped)
+        self._poll_delay = min(self._poll_delay * 2, POLL_MAX_SECONDS)
+
+    def _escalate(self) -> None:
+        if self._finished or self._ending:
+            return
+        assert self.tree is not None
+        self._killing = True
+        self._poll_delay = POLL_FIRST_SECONDS
+        if self._command is not None:
+            self._escalated()
+        self.processes.signal_groups(self.tree, signal.SIGKILL)
+        self.processes.sweep(self.tree, signal.SIGKILL).addCallback(self._killed)
         self._later("give_up", AFTER_KILL_SECONDS, self._give_up)
 
+    def _escalated(self) -> None:
+        if not self.job.escalated:
+            self.job.escalated = True
+            log.info("job {job_id}: still alive {grace}s after SIGTERM, sending SIGKILL", job_id=self.job.id,
+                     grace=self.kill_grace)
+
+    def _killed(self, alive: int) -> None:
+        if alive:
+            self._escalated()
+        self._check_stopped()
+
     def _give_up(self) -> None:
-        log.warn("job {job_id}: processes still present {seconds}s after SIGKILL", job_id=self.job.id,
-                 seconds=AFTER_KILL_SECONDS)
-        if self._pipe is not None:
-            self._pipe.abandon()
-        self._stopping = False
-        self._maybe_command_done()
-
-    def _pgid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    def _group_alive(self) -> bool:
-        pgid = self._pgid()
-        if pgid is None or SETSID is None:
-            return False
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-    def _signal_group(self, sig: int) -> None:
-        pid = self._pgid()
-        if pid is None:
+        if self._finished or self._ending:
             return
+        index = len(self.job.logs) - 1
+        if self._command is not None:
+            stuck = f"command {self._command.pid} and maybe others"
+        else:
+            stuck = "some processes of the job"
+        log.warn("job {job_id}: {stuck} still present {seconds}s after SIGKILL; reporting it finished",
+                 job_id=self.job.id, stuck=stuck, seconds=AFTER_KILL_SECONDS)
+        if index >= 0:
+            self._note(index, f"{stuck} survived SIGKILL for {AFTER_KILL_SECONDS:g}s (uninterruptible?)")
+        # A command that never exited gets no exit code; its watcher stays to
+        # reap it whenever it does exit.
+        self._command = None
+        self._finish_outputs(wait=False)
+
+    # Finishing.
+
+    def _finish_outputs(self, wait: bool = True) -> None:
+        """Nothing of the job is left: take the rest of its output, then finish."""
+        self._ending = True
+        self._cancel_all()
+        self._draining = True
         try:
-            os.killpg(pid, sig)
+            open_ = [command for command in self._commands if command.output_open and not command.drain()]
+        finally:
+            self._draining = False
+        if not open_ or not wait:
+            self._finish()
             return
-        except ProcessLookupError:
-            pass
-        # The group does not exist (yet, or any more): signal the process.
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+        log.info("job {job_id}: its output is still held open by a process outside the job; waiting {seconds}s",
+                 job_id=self.job.id, seconds=LINGER_SECONDS)
+        self._later("linger", LINGER_SECONDS, self._finish)
+
+    def _output_closed(self) -> None:
+        if not self._ending or self._draining or self._finished:
+            return
+        if not any(command.output_open for command in self._commands):
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._ending = True
+        self._cancel_all()
+        for command in self._commands:
+            if command.output_open:
+                command.abandon()
+        self.done.callback(self.job)

@@ -11,22 +11,27 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
 from .auth import Authenticator, UsersFileChecker, UsersFileError, check_private, default_state_dir, ensure_users_file
 from .dispatcher import Dispatcher
-from .job import DEFAULT_QUEUES
+from .guard import LoginGuard
+from .job import DEFAULT_QUEUES, Limits
+from .procs import SubreaperService
 from .rest import RestAPI
 from .rpc import Router
+from .store import HistoryPruner, Store, StoreError
+from .system_auth import SystemAuthError, SystemChecker
 from .websocket import make_websocket_factory
 
 log = Logger()
 
 DEFAULT_WS = "tcp:12150:interface=127.0.0.1"
 DEFAULT_REST = "tcp:12151:interface=127.0.0.1"
+#: The job store (queued jobs and history), in the state directory.
+STORE_FILE = "dispatch.sqlite3"
 
 
 def _number(option: str, kind: type, minimum: float, maximum: float | None = None) -> Any:
@@ -44,6 +49,23 @@ def _number(option: str, kind: type, minimum: float, maximum: float | None = Non
 
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
     return coerce
+
+
+def _choice(option: str, choices: tuple[str, ...]) -> Any:
+    def coerce(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"--{option} {value!r}: choose one of {', '.join(choices)}")
+        return value
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+def tls_endpoint(spec: str, cert: str, key: str) -> str:
+    """A ``tcp:`` endpoint string made into the ``ssl:`` one with the same port and options."""
+    if not spec.startswith("tcp:"):
+        return spec
+    return f"ssl:{spec[4:]}:privateKey={quoteStringArgument(key)}:certKey={quoteStringArgument(cert)}"
 
 
 def parse_queue(value: str) -> tuple[str, int]:
@@ -73,14 +95,55 @@ class Options(usage.Options):
         ["state-dir", None, None, "State directory [default: $XDG_STATE_HOME/sysadm-dispatch or "
                                   "~/.local/state/sysadm-dispatch]."],
         ["users", None, None, "Users file [default: <state-dir>/users]."],
+        ["auth", None, "users", "Who may log in: users (the users file) or system (PAM, roles from groups).",
+         _choice("auth", ("users", "system"))],
+        ["full-group", None, "wheel", "With --auth system: members of this group may run and kill."],
+        ["read-group", None, "operator", "With --auth system: members of this group may look."],
+        ["pam-service", None, "login", "With --auth system: the PAM service that checks passwords."],
+        ["tls-cert", None, None, "TLS certificate (PEM): every tcp: endpoint becomes ssl: with it."],
+        ["tls-key", None, None, "Private key (PEM) for --tls-cert [default: the --tls-cert file]."],
+        ["max-failed-logins", None, 5, "Failed logins from one address that block it.",
+         _number("max-failed-logins", int, 1, 1_000_000)],
+        ["failed-login-window", None, 600.0, "Seconds over which failed logins are counted.",
+         _number("failed-login-window", float, 1, 30 * 86400)],
+        ["block-seconds", None, 3600.0, "Seconds a blocked address stays blocked.",
+         _number("block-seconds", float, 1, 365 * 86400)],
+        ["idle-timeout", None, 1800.0, "Seconds without a message before a connection is closed (0: never).",
+         _number("idle-timeout", float, 0, 30 * 86400)],
+        ["auth-timeout", None, 30.0, "Seconds a WebSocket may stay unauthenticated (0: no limit).",
+         _number("auth-timeout", float, 0, 86400)],
+        ["max-pending", None, 10000, "Pending jobs the server holds in all; more answers 503.",
+         _number("max-pending", int, 1, 100_000_000)],
+        ["max-jobs-per-run", None, 1000, "Jobs in one run request.",
+         _number("max-jobs-per-run", int, 1, 1_000_000)],
+        ["max-chain", None, 256, "Commands in one job's chain.", _number("max-chain", int, 1, 1_000_000)],
+        ["max-connections-per-address", None, 2000, "WebSocket connections from one client address (0: no limit).",
+         _number("max-connections-per-address", int, 0, 100_000_000)],
+        ["max-json-depth", None, 32, "Nesting depth of a request's JSON.", _number("max-json-depth", int, 8, 512)],
+        ["max-string-chars", None, 65536, "Length of any one string in a request.",
+         _number("max-string-chars", int, 64, 1 << 30)],
         ["kill-grace", None, 5.0, "Seconds between SIGTERM and SIGKILL when a job is killed.",
          _number("kill-grace", float, 0, 3600)],
+        ["job-timeout", None, 0.0, "Seconds a job without a timeout of its own may run (0: no limit).",
+         _number("job-timeout", float, 0, 10 * 365 * 86400)],
         ["token-ttl", None, 900.0, "Seconds a token stays valid without use.",
          _number("token-ttl", float, 1, 30 * 86400)],
         ["max-message-bytes", None, 1 << 20, "Largest request accepted, in bytes.",
          _number("max-message-bytes", int, 256, 1 << 30)],
         ["log-cap-bytes", None, 1 << 20, "Output kept per command, in bytes.",
          _number("log-cap-bytes", int, 64, 1 << 30)],
+        ["history-days", None, 30, "Finished jobs are kept in the history for this many days.",
+         _number("history-days", int, 1, 36500)],
+        ["history-max-jobs", None, 100000, "At most this many finished jobs are kept in the history (the oldest "
+         "go first).", _number("history-max-jobs", int, 1, 1 << 40)],
+        ["update-interval", None, 1.0, "At most one running-job output event per job per this many seconds.",
+         _number("update-interval", float, 0.01, 3600)],
+        ["event-backlog-bytes", None, 4 << 20, "Bytes that may wait for a slow WebSocket client before it is "
+         "disconnected.", _number("event-backlog-bytes", int, 65536, 1 << 30)],
+    ]
+
+    optFlags = [
+        ["trust-proxy", None, "Take the client's address from X-Forwarded-For (only behind a proxy you run)."],
     ]
 
     def __init__(self) -> None:
@@ -101,10 +164,34 @@ class Options(usage.Options):
             if not self[key]:
                 raise usage.UsageError(f"--{key} must be an endpoint string, e.g. {DEFAULT_WS}")
         self["queues"] = {**DEFAULT_QUEUES, **self["queue"]}
+        if self["tls-key"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-key needs --tls-cert")
+        if self["tls-cert"]:
+            key = self["tls-key"] or self["tls-cert"]
+            for name in ("ws", "rest"):
+                self[name] = tls_endpoint(self[name], os.path.abspath(self["tls-cert"]), os.path.abspath(key))
+
+
+def _endpoint(reactor: Any, option: str, spec: str) -> Any:
+    try:
+        return serverFromString(reactor, spec)
+    except Exception as e:  # any reason (an unreadable TLS key, say) is reported in one line
+        raise SystemExit(f"sysadm-dispatch: --{option} {spec!r}: {e or type(e).__name__}") from None
+
+
+class _GuardService(Service):
+    """Cancels the login guard's release timers at shutdown."""
+
+    def __init__(self, guard: LoginGuard) -> None:
+        self.guard = guard
+
+    def stopService(self) -> Any:
+        self.guard.stop()
+        return super().stopService()
 
 
 class _UsersService(Service):
-    def __init__(self, checker: UsersFileChecker) -> None:
+    def __init__(self, checker: UsersFileChecker | SystemChecker) -> None:
         self.checker = checker
 
     def startService(self) -> None:
@@ -152,6 +239,8 @@ def prepare_state(options: Options) -> None:
     state_dir = options["state-dir"]
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     check_private(state_dir)
+    if options["auth"] != "users":
+        return
     users = options["users"]
     created = ensure_users_file(users, os.path.join(state_dir, "admin-password"))
     if created:
@@ -159,38 +248,78 @@ def prepare_state(options: Options) -> None:
     check_private(users)
 
 
+def open_store(options: Options, reactor: Any) -> Store:
+    """
+    The job store in the state directory, opened and checked now, before
+    the reactor runs: a corrupt or unreadable file is moved aside (loudly)
+    and a fresh one started; a store that cannot be had stops the server.
+    """
+    store = Store(os.path.join(options["state-dir"], STORE_FILE), reactor)
+    try:
+        moved = store.prepare()
+    except StoreError as e:
+        raise SystemExit(f"sysadm-dispatch: cannot use the job store: {e}") from None
+    if moved:
+        log.critical("THE JOB STORE {path} WAS CORRUPT OR UNREADABLE: moved it to {moved} and started an empty "
+                     "one; the jobs queued and the history in it are not used", path=store.path, moved=moved)
+    return store
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+    checker: UsersFileChecker | SystemChecker
     try:
         prepare_state(options)
-        checker = UsersFileChecker(reactor, options["users"])
+        if options["auth"] == "system":
+            checker = SystemChecker(reactor, service=options["pam-service"], full_group=options["full-group"],
+                                    read_group=options["read-group"])
+        else:
+            checker = UsersFileChecker(reactor, options["users"])
         checker.load()
-    except (OSError, UsersFileError) as e:
+    except (OSError, UsersFileError, SystemAuthError) as e:
         # Reported like a bad option: one line, no traceback.
         raise SystemExit(f"sysadm-dispatch: cannot prepare the state directory or users file: {e}") from None
+    endpoints = {name: _endpoint(reactor, name, options[name]) for name in ("ws", "rest")}
+    store = open_store(options, reactor)
 
     top = MultiService()
     dispatcher = Dispatcher(
         reactor,
         queues=options["queues"],
         kill_grace=options["kill-grace"],
+        job_timeout=options["job-timeout"],
         log_cap_bytes=options["log-cap-bytes"],
+        limits=Limits(max_jobs_per_run=options["max-jobs-per-run"], max_commands=options["max-chain"]),
+        max_pending=options["max-pending"],
+        update_interval=options["update-interval"],
+        store=store,
     )
     # Stopped last (services stop in reverse order): listeners close first,
     # then running jobs are killed.
     dispatcher.setServiceParent(top)
+    # Orphaned job processes are re-parented to the server, found and reaped.
+    SubreaperService(reactor).setServiceParent(top)
     _UsersService(checker).setServiceParent(top)
-    auth = Authenticator(reactor, checker, token_ttl=options["token-ttl"])
-    router = Router(dispatcher, auth, max_message_bytes=options["max-message-bytes"])
+    # Stopped before the dispatcher closes the store.
+    HistoryPruner(store, reactor, days=options["history-days"], max_jobs=options["history-max-jobs"]
+                  ).setServiceParent(top)
+    guard = LoginGuard(reactor, max_failures=options["max-failed-logins"], window=options["failed-login-window"],
+                       block_seconds=options["block-seconds"])
+    _GuardService(guard).setServiceParent(top)
+    auth = Authenticator(reactor, checker, token_ttl=options["token-ttl"], guard=guard)
+    router = Router(dispatcher, auth, max_message_bytes=options["max-message-bytes"],
+                    max_depth=options["max-json-depth"], max_string_chars=options["max-string-chars"])
 
-    ws = make_websocket_factory(router)
-    ListenerService("ws", serverFromString(reactor, options["ws"]), ws).setServiceParent(top)
-    rest = Site(RestAPI(router).resource())
-    rest.displayTracebacks = False
-    ListenerService("rest", serverFromString(reactor, options["rest"]), rest).setServiceParent(top)
+    ws = make_websocket_factory(router, max_backlog_bytes=options["event-backlog-bytes"])
+    ws.guard_connections(idle_timeout=options["idle-timeout"], auth_timeout=options["auth-timeout"],
+                         max_connections_per_address=options["max-connections-per-address"],
+                         trust_proxy=options["trust-proxy"])
+    ListenerService("ws", endpoints["ws"], ws).setServiceParent(top)
+    rest = RestAPI(router, trust_proxy=options["trust-proxy"]).site(timeout=options["idle-timeout"] or None)
+    ListenerService("rest", endpoints["rest"], rest).setServiceParent(top)
     top.dispatcher = dispatcher  # type: ignore[attr-defined]
     top.router = router  # type: ignore[attr-defined]
     return top

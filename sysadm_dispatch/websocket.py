@@ -10,11 +10,14 @@ from collections import deque
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.types import ConnectionRequest
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from .events import Event, EventHub, Subscription
+from .guard import CLOSE_NORMAL, ConnectionCounter, SessionTimer, client_address, peer_host
 from .rpc import Router, RPCError, Session, error_reply
 
 log = Logger()
@@ -24,6 +27,53 @@ CLOSE_POLICY_VIOLATION = 1008
 
 def _encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@implementer(IPushProducer)
+class _Outbox:
+    """
+    What waits to be written to one client.  The transport pauses it when
+    its own buffer is full (the client is not reading fast enough); from
+    then on messages queue here, up to ``limit`` bytes, past which the
+    connection is given up: a slow client must not hold server memory.
+    """
+
+    def __init__(self, protocol: DispatchServerProtocol, limit: int) -> None:
+        self.protocol = protocol
+        self.limit = limit
+        self.paused = False
+        self.queue: deque[Any] = deque()
+        self.size = 0
+        self.overflowed = False
+
+    def send(self, message: Any, size: int) -> None:
+        """``message`` is frame-ready bytes (a reply) or a prepared message (an event)."""
+        if self.overflowed:
+            return
+        if not self.paused and not self.queue:
+            self.protocol.write_out(message)
+            return
+        self.queue.append((message, size))
+        self.size += size
+        if self.size > self.limit:
+            self.overflowed = True
+            self.queue.clear()
+            self.size = 0
+            self.protocol.too_slow(self.limit)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while self.queue and not self.paused:
+            message, size = self.queue.popleft()
+            self.size -= size
+            self.protocol.write_out(message)
+
+    def stopProducing(self) -> None:
+        self.queue.clear()
+        self.size = 0
 
 
 class _Slot:
@@ -41,26 +91,63 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
     def __init__(self) -> None:
         super().__init__()
+        self.outbox: _Outbox | None = None
         self.session = Session(peer="")
         self._replies: deque[_Slot] = deque()
         self._subscriptions: dict[str, Subscription] = {}
         self._size = 0
         self._too_big = False
+        self._timer: SessionTimer | None = None
+        self._counted = False
 
     # Connection life.
 
     def onConnect(self, request: ConnectionRequest) -> None:
+        factory = self.factory
         try:
             transport: Any = self.transport
-            self.session = Session(peer=transport.getPeer().host, events=self)
+            forwarded = request.headers.get("x-forwarded-for") if factory.trust_proxy else None
+            address = client_address(peer_host(transport.getPeer()), forwarded, factory.trust_proxy)
+            self.session = Session(peer=address, events=self)
         except Exception:
             log.failure("onConnect failed")
             raise
+        if not factory.connections.acquire(address):
+            limit = factory.connections.limit
+            log.info("refused a websocket connection from {peer}: it already has {limit}", peer=address, limit=limit)
+            raise ConnectionDeny(429, f"too many connections from {address} (limit {limit})")
+        self._counted = True
 
     def onOpen(self) -> None:
         log.debug("websocket connection from {peer}", peer=self.session.peer)
+        self.outbox = _Outbox(self, self.factory.max_backlog_bytes)
+        self.registerProducer(self.outbox, True)
+        factory = self.factory
+        self._timer = SessionTimer(
+            factory.router.dispatcher.reactor, idle=factory.idle_timeout, auth=factory.auth_timeout,
+            authenticated=lambda: self.session.user is not None, close=self._timed_out,
+        )
+        self._timer.start()
+
+    def _timed_out(self, code: int, reason: str) -> None:
+        log.info("closing websocket connection from {peer}: {reason}", peer=self.session.peer, reason=reason)
+        if code == CLOSE_NORMAL:
+            self.sendClose(code, reason)
+        else:
+            # sendClose takes only application codes; 1008 is the standard's own.
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
+
+    def onPing(self, payload: bytes) -> None:
+        if self._timer is not None:
+            self._timer.activity()
+        super().onPing(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        if self._counted:
+            self._counted = False
+            self.factory.connections.release(self.session.peer)
         for subscription in self._subscriptions.values():
             subscription.cancel()
         self._subscriptions.clear()
@@ -71,6 +158,8 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
     def onMessageBegin(self, isBinary: bool) -> None:
         super().onMessageBegin(isBinary)
+        if self._timer is not None:
+            self._timer.activity()
         self._size = 0
         self._too_big = False
 
@@ -116,8 +205,9 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         # Replies leave in the order their requests arrived.
         while self._replies and self._replies[0].ready:
             reply = self._replies.popleft().reply
-            if reply is not None and self.state == self.STATE_OPEN:
-                self.sendMessage(_encode(reply))
+            if reply is not None:
+                payload = _encode(reply)
+                self._queue_out(payload, len(payload))
 
     # Events.
 
@@ -131,25 +221,92 @@ class DispatchServerProtocol(WebSocketServerProtocol):
             subscription.cancel()
 
     def _event(self, event: Event) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendMessage(event.frame)
+        prepared = event.cache.get("websocket")
+        if prepared is None:
+            # Encoded and framed once, for every subscriber.
+            prepared = event.cache["websocket"] = self.factory.prepareMessage(event.frame)
+        self._queue_out(prepared, len(prepared.payloadHybi))
+
+    # Writing, through the outbox.
+
+    def _queue_out(self, message: Any, size: int) -> None:
+        if self.state != self.STATE_OPEN or self.outbox is None:
+            return
+        self.outbox.send(message, size)
+
+    def write_out(self, message: Any) -> None:
+        if self.state != self.STATE_OPEN:
+            return
+        if isinstance(message, bytes):
+            self.sendMessage(message)
+        else:
+            self.sendPreparedMessage(message)
+
+    def too_slow(self, limit: int) -> None:
+        log.warn(
+            "closing websocket connection from {peer}: more than {limit} bytes waiting for it; "
+            "the client is not reading fast enough",
+            peer=self.session.peer, limit=limit,
+        )
+        for subscription in self._subscriptions.values():
+            subscription.cancel()
+        self._subscriptions.clear()
+        # The close frame may never be read; autobahn drops the connection
+        # when the closing handshake times out.
+        # (sendClose only takes application codes; 1008 is the standard's own.)
+        self.sendCloseFrame(code=CLOSE_POLICY_VIOLATION, reasonUtf8=b"too slow: backlog over limit", isReply=False)
 
 
 class DispatchServerFactory(WebSocketServerFactory):
     protocol = DispatchServerProtocol  # type: ignore[assignment]
 
-    def __init__(self, router: Router, events: EventHub, url: str | None = None) -> None:
+    #: Seconds without a message from the client before it is closed (0: never).
+    idle_timeout = 1800.0
+    #: Seconds a connection may stay unauthenticated before it is closed (0: never).
+    auth_timeout = 30.0
+    #: Believe X-Forwarded-For (its last entry) for the client's address.
+    trust_proxy = False
+    _connections: ConnectionCounter | None = None
+
+    @property
+    def connections(self) -> ConnectionCounter:
+        """Open connections per client address (at most 2000 each unless ``guard_connections`` says otherwise)."""
+        if self._connections is None:
+            self._connections = ConnectionCounter(2000)
+        return self._connections
+
+    def guard_connections(
+        self,
+        *,
+        idle_timeout: float = 1800.0,
+        auth_timeout: float = 30.0,
+        max_connections_per_address: int = 2000,
+        trust_proxy: bool = False,
+    ) -> None:
+        """Set the per-connection limits (see docs/security.rst)."""
+        self.idle_timeout = idle_timeout
+        self.auth_timeout = auth_timeout
+        self.trust_proxy = trust_proxy
+        self._connections = ConnectionCounter(max_connections_per_address)
+
+    def __init__(
+        self, router: Router, events: EventHub, url: str | None = None, *, max_backlog_bytes: int = 4 << 20
+    ) -> None:
         super().__init__(url)
         self.router = router
         self.events = events
+        #: Bytes that may wait for one slow client before it is disconnected.
+        self.max_backlog_bytes = max_backlog_bytes
         # Size limits are enforced per message by the protocol (413, and the
         # connection stays open), not by closing the connection.
-        self.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
+        self.setProtocolOptions(
+            maxMessagePayloadSize=0, maxFramePayloadSize=0, closeHandshakeTimeout=2
+        )
 
 
-def make_websocket_factory(router: Router) -> DispatchServerFactory:
+def make_websocket_factory(router: Router, *, max_backlog_bytes: int = 4 << 20) -> DispatchServerFactory:
     """The WebSocket server factory, to listen with on any stream endpoint."""
-    return DispatchServerFactory(router, router.dispatcher.events)
+    return DispatchServerFactory(router, router.dispatcher.events, max_backlog_bytes=max_backlog_bytes)
 
 
 def _fired(value: Any) -> Deferred[Any]:

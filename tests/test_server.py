@@ -124,6 +124,16 @@ async def test_stdout_and_stderr_merged_and_stdin_is_devnull(server: Server) -> 
 
 
 @ensure
+async def test_fast_chains_keep_every_command_output(server: Server) -> None:
+    # Quick commands can exit before their spawn call returns: their output
+    # must still be read, for every command of every chain.
+    ids = await server.run({f"fast{i}": ["echo a", "echo b", "echo c"] for i in range(40)})
+    for job_id in ids:
+        details = (await server.wait_finished(job_id))["process_details"]
+        assert (details["echo a"], details["echo b"], details["echo c"]) == ("a\n", "b\n", "c\n"), details
+
+
+@ensure
 async def test_missing_program_fails_with_127_and_reason(server: Server) -> None:
     await server.run({"jobs": [{"id": "missing", "commands": ["no-such-program-xyz arg", "echo never"]}]})
     record = await server.wait_finished("missing")

@@ -81,7 +81,7 @@ async def test_first_run_defaults_and_clean_shutdown(tmp_path: Any) -> None:
         assert users.read_text().count("admin:full:scrypt$") == 1
         password = password_file.read_text().strip()
         assert len(password) >= 16
-        assert str(password_file) in proto.output.decode()
+        await poll(lambda: str(password_file) in proto.output.decode())
         assert password not in proto.output.decode()
 
         # A job over REST whose child and grandchild must not outlive the server.

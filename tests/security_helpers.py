@@ -1,0 +1,95 @@
+"""
+Helpers for the security tests: WebSocket connections with request headers
+or TLS that may be refused, log capture, and counting how often the
+password store and the token store are consulted.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory
+from conftest import WSClient, _ClientProtocol, with_timeout
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.logger import formatEvent, globalLogPublisher
+
+
+class Refused(Exception):
+    """The server refused the WebSocket opening handshake."""
+
+
+class _Protocol(_ClientProtocol):
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.client.not_clean_reason = self.wasNotCleanReason
+        super().onClose(wasClean, code, reason)
+
+
+async def ws_connect(
+    port: int, *, headers: dict[str, str] | None = None, tls: Any = None, host: str = "127.0.0.1"
+) -> WSClient:
+    """
+    A ``WSClient`` connected with extra request ``headers`` and, with ``tls``
+    (client TLS options), over TLS.  Raises ``Refused`` (with the reason) if
+    the handshake is refused or the connection is lost before it opens.
+    """
+    client = WSClient()
+    client.not_clean_reason = None  # type: ignore[attr-defined]
+    factory = WebSocketClientFactory(f"{'wss' if tls else 'ws'}://{host}:{port}/", headers=headers or {})
+    factory.protocol = _Protocol
+    factory.opened = Deferred()
+    factory.client = client
+    endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
+    await with_timeout(endpoint.connect(factory))
+    result = await with_timeout(DeferredList([factory.opened, client.lost], fireOnOneCallback=True,
+                                             consumeErrors=True))
+    value, index = result
+    if index == 1:
+        raise Refused(str(client.not_clean_reason))  # type: ignore[attr-defined]
+    client.protocol = value
+    return client
+
+
+@contextmanager
+def captured_log() -> Iterator[list[dict[str, Any]]]:
+    """Every log event emitted meanwhile (twisted.logger and legacy log.msg alike)."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+
+def log_text(events: list[dict[str, Any]]) -> str:
+    """The events formatted, plus the repr of each one (so secrets in any field are seen)."""
+    return "\n".join(f"{formatEvent(event)} {event!r}" for event in events)
+
+
+class Counter:
+    """Wraps ``obj.name`` to count the calls, passing them through."""
+
+    def __init__(self, obj: Any, name: str) -> None:
+        self.calls = 0
+        original = getattr(obj, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        setattr(obj, name, counted)
+
+
+def run_root(*argv: str, stdin: str | None = None) -> None:
+    """Run a system administration command (the tests that need it run as root)."""
+    subprocess.run(argv, input=stdin, text=True, check=True, capture_output=True)
+
+
+async def first_of(*ds: Deferred[Any]) -> tuple[Any, int]:
+    return await with_timeout(DeferredList(list(ds), fireOnOneCallback=True, consumeErrors=True))

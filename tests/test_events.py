@@ -1,0 +1,294 @@
+"""
+Live job events: subscriptions, the pending/running/finished sequence,
+streamed output, fan-out, and slow clients.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest_twisted
+from conftest import PYTHON, HERE, Server, WSClient, poll, with_timeout
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
+
+from sysadm_dispatch.dispatcher import Dispatcher
+from sysadm_dispatch.job import Job
+
+ensure = pytest_twisted.ensureDeferred
+
+
+async def events_until_finished(client: WSClient, job_id: str) -> list[dict[str, Any]]:
+    """The events of ``job_id`` that ``client`` receives, up to its finished event."""
+    seen = []
+    while True:
+        event = await client.next_event()
+        assert event["namespace"] == "events" and event["name"] == "dispatcher" and event["id"] == ""
+        if event["args"]["process_id"] != job_id:
+            continue
+        seen.append(event["args"])
+        if event["args"]["state"] == "finished":
+            return seen
+
+
+@ensure
+async def test_event_sequence_and_streamed_output(make_server) -> None:
+    server = await make_server("--update-interval", "0.2")
+    client = await server.ws()
+    reply = await client.call("subscribe", "dispatcher", namespace="events")
+    assert reply["namespace"] == "events" and reply["args"] == {"subscribe": "dispatcher"}
+    first = "sh -c 'echo a; sleep 0.6; echo b; sleep 0.6; printf c'"
+    await server.run({"jobs": [{"id": "talk", "commands": [first, "echo done"], "queue": "pkg_queue"}]})
+    events = await events_until_finished(client, "talk")
+    states = [e["state"] for e in events]
+    assert states[0] == "pending" and states[1] == "running" and states[-1] == "finished"
+    assert set(states[2:-1]) <= {"running"}
+    updates = [e["process_details"] for e in events[2:-1]]
+    # The output came out over several intervals, so in several updates,
+    # each carrying only what was new.
+    chunks = [u.get(first, "") for u in updates]
+    assert len([c for c in chunks if c]) >= 2
+    streamed = "".join(chunks)
+    assert streamed == "a\nb\nc"[: len(streamed)] and streamed.startswith("a\nb")
+    for u in updates:
+        assert u["process_id"] == "talk" and u["state"] == "running" and u["time_started"]
+        assert u["cmd_list"] == [first, "echo done"]
+    finished = events[-1]
+    details = finished["process_details"]
+    assert details[first] == "a\nb\nc"
+    assert details["echo done"] == "done\n"
+    assert details["return_codes/" + first] == "0" and details["return_codes/echo done"] == "0"
+    assert details["time_finished"] and details["state"] == "finished"
+    assert finished["queue"] == "pkg_queue"
+    assert finished["success"] == "true"
+    assert finished["killed"] is False and finished["timed_out"] is False and finished["signal"] is None
+    pending = events[0]
+    assert pending["process_details"]["cmd_list"] == [first, "echo done"]
+    assert "time_started" not in pending["process_details"]
+
+
+@ensure
+async def test_unsubscribe_stops_events(server: Server) -> None:
+    quiet = await server.ws()
+    watcher = await server.ws()
+    await quiet.call("subscribe", ["dispatcher"], namespace="events")
+    await watcher.call("subscribe", ["dispatcher"], namespace="events")
+    reply = await quiet.call("unsubscribe", ["dispatcher", "no-such-event"], namespace="events")
+    assert reply["args"] == {"unsubscribe": "dispatcher"}
+    await server.run({"after": "true"})
+    await events_until_finished(watcher, "after")
+    # Anything sent to `quiet` before this reply would have arrived first.
+    await quiet.call("dispatcher", {"action": "list"})
+    assert len(quiet.events.pending) == 0
+
+
+@ensure
+async def test_subscribe_errors(server: Server) -> None:
+    client = await server.ws()
+    for args in ("nothing-known", ["also-unknown"], 5, [1], None):
+        reply = await client.call("subscribe", args, namespace="events")
+        assert reply["name"] == "error" and reply["namespace"] == "events" and reply["args"]["code"] == 400, args
+    anonymous = await server.ws(login=None)
+    reply = await anonymous.call("subscribe", ["dispatcher"], namespace="events")
+    assert reply["args"]["code"] == 401
+
+
+@ensure
+async def test_read_user_receives_events(server: Server) -> None:
+    server.add_user("watcher", "read", "watchpw")
+    client = await server.ws(login=("watcher", "watchpw"))
+    await client.call("subscribe", ["dispatcher"], namespace="events")
+    await server.run({"seen": "echo seen"})
+    events = await events_until_finished(client, "seen")
+    assert [e["state"] for e in events] == ["pending", "running", "finished"]
+    assert events[-1]["process_details"]["echo seen"] == "seen\n"
+
+
+@ensure
+async def test_killed_pending_job_has_exactly_one_finished_event(server: Server) -> None:
+    client = await server.ws()
+    await client.call("subscribe", ["dispatcher"], namespace="events")
+    await server.run({"jobs": [{"id": "blocker", "commands": "sleep 30", "queue": "pkg_queue"},
+                               {"id": "victim", "commands": "echo never", "queue": "pkg_queue"}]})
+    await poll(lambda: server.dispatcher.jobs["blocker"].state == "running")
+    await server.rest({"action": "kill", "job_id": ["victim"]})
+    await server.rest({"action": "kill", "job_id": ["blocker"]})
+    victim, blocker = [], []
+    while not (blocker and blocker[-1]["state"] == "finished"):
+        event = (await client.next_event())["args"]
+        (victim if event["process_id"] == "victim" else blocker).append(event)
+    await client.call("dispatcher", {"action": "list"})
+    while client.events.pending:
+        victim.append((await client.next_event())["args"])
+    assert [e["state"] for e in victim] == ["pending", "finished"]
+    assert victim[-1]["killed"] is True and victim[-1]["success"] == "false"
+    assert "echo never" not in victim[-1]["process_details"]
+    assert [e["state"] for e in blocker] == ["pending", "running", "finished"]
+    assert blocker[-1]["killed"] is True and blocker[-1]["signal"] == "SIGTERM"
+
+
+@ensure
+async def test_200_subscribers_receive_every_event_of_50_jobs(server: Server) -> None:
+    first = await server.ws()
+    token = first.protocol and (await first.call("auth", {"username": "admin",
+                                                          "password": server.admin_password}))["args"][0]
+    clients = [first]
+    for _ in range(199):
+        client = await WSClient.connect(server.ws_port)
+        server.clients.append(client)
+        reply = await client.call("auth_token", {"token": token})
+        assert reply["name"] == "response"
+        clients.append(client)
+    await DeferredList([_ensure(c.call("subscribe", ["dispatcher"], namespace="events")) for c in clients])
+    ids = [f"burst{i}" for i in range(50)]
+    await server.run({"jobs": [{"id": i, "commands": "true"} for i in ids]})
+
+    async def collect(client: WSClient) -> dict[str, list[str]]:
+        states: dict[str, list[str]] = {i: [] for i in ids}
+        done = 0
+        while done < len(ids):
+            event = (await client.next_event())["args"]
+            states[event["process_id"]].append(event["state"])
+            done += event["state"] == "finished"
+        return states
+
+    results = await DeferredList([_ensure(collect(c)) for c in clients], fireOnOneErrback=True)
+    for _, states in results:
+        assert states == {i: ["pending", "running", "finished"] for i in ids}
+
+
+def _ensure(coro: Any) -> Deferred[Any]:
+    from twisted.internet.defer import ensureDeferred
+
+    return ensureDeferred(coro)
+
+
+class _Stuck(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ready: Deferred[None] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if b"ready" in self.output and not self.ready.called:
+            self.ready.callback(None)
+
+    def errReceived(self, data: bytes) -> None:
+        self.output += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(None)
+        if not self.ready.called:
+            self.ready.errback(AssertionError(self.output.decode(errors="replace")))
+
+
+@ensure
+async def test_client_that_stops_reading_is_dropped_and_others_keep_receiving(make_server) -> None:
+    server = await make_server("--update-interval", "0.01", "--event-backlog-bytes", "65536")
+    healthy = await server.ws()
+    token = (await healthy.call("auth", {"username": "admin", "password": server.admin_password}))["args"][0]
+    await healthy.call("subscribe", ["dispatcher"], namespace="events")
+    hub = server.dispatcher.events
+    baseline = hub.subscriber_count("dispatcher")
+    logged: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "sysadm_dispatch.websocket":
+            logged.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    stuck = _Stuck()
+    process = reactor.spawnProcess(stuck, PYTHON, [PYTHON, os.path.join(HERE, "helpers", "stuck_client.py"),
+                                                   str(server.ws_port), token], env=os.environ)
+    try:
+        await with_timeout(stuck.ready)
+        assert hub.subscriber_count("dispatcher") == baseline + 1
+        # A job that talks a lot: many large running updates.
+        # About 30 MB over a second or more: far more than socket buffers hold.
+        flood = ("python3 -c \"import sys, time\nfor i in range(300): sys.stdout.write('x' * 100000 + chr(10)); "
+                 "sys.stdout.flush(); time.sleep(0.004)\"")
+        await server.run({"jobs": [{"id": "flood", "commands": flood}]})
+        await poll(lambda: hub.subscriber_count("dispatcher") == baseline, 20)
+        assert any("not reading fast enough" in line for line in logged), logged
+        # The healthy client got the whole story, and still gets new events promptly.
+        events = await events_until_finished(healthy, "flood")
+        assert events[-1]["success"] == "true"
+        started = reactor.seconds()
+        await server.run({"later": "echo later"})
+        later = await events_until_finished(healthy, "later")
+        assert later[-1]["process_details"]["echo later"] == "later\n"
+        assert reactor.seconds() - started < 5
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        process.closeStdin()
+        await with_timeout(stuck.ended)
+
+
+# Coalescing, driven by a Clock.
+
+
+class _FakeRunner:
+    """Stands in for JobRunner: the test feeds output and ends commands."""
+
+    made: list[_FakeRunner] = []
+
+    def __init__(self, reactor: Any, job: Job, *, environ: Any, kill_grace: float, on_output: Any) -> None:
+        self.job = job
+        self.on_output = on_output
+        self.done: Deferred[Job] = Deferred()
+        _FakeRunner.made.append(self)
+
+    def start(self) -> Deferred[Job]:
+        self.job.begin_command()
+        return self.done
+
+    def output(self, data: bytes) -> None:
+        self.job.logs[-1].write(data)
+        self.on_output(self.job, len(self.job.logs) - 1, data)
+
+    def end(self, code: int) -> None:
+        self.job.end_command(code)
+        self.done.callback(self.job)
+
+    def kill(self, timed_out: bool = False) -> None:
+        self.job.killed = True
+        self.end(143)
+
+
+def test_running_updates_are_coalesced_per_interval() -> None:
+    clock = Clock()
+    dispatcher = Dispatcher(clock, update_interval=1.0, runner_factory=_FakeRunner)
+    seen: list[tuple[float, str, str]] = []
+    dispatcher.events.subscribe(
+        "dispatcher",
+        lambda e: seen.append((clock.seconds(), e.args["state"], e.args["process_details"].get("cmd", ""))),
+    )
+    dispatcher.submit(dispatcher.parse_run({"action": "run", "jobs": [{"id": "j", "commands": "cmd"}]}))
+    runner = _FakeRunner.made[-1]
+    assert [s[1] for s in seen] == ["pending", "running"]
+    clock.advance(0.1)
+    runner.output(b"one ")
+    clock.advance(0.3)
+    runner.output(b"two ")
+    assert len(seen) == 2  # nothing before a full interval since the start
+    clock.advance(0.6)
+    assert seen[-1] == (1.0, "running", "one two ")
+    runner.output(b"three ")
+    clock.advance(0.5)
+    assert len(seen) == 3  # the next update waits for its interval
+    runner.output(b"four ")
+    clock.advance(0.5)
+    assert seen[-1] == (2.0, "running", "three four ")
+    clock.advance(5)
+    assert len(seen) == 4  # no output, no update
+    runner.output(b"five")
+    runner.end(0)  # finished before the update was due
+    clock.advance(5)
+    assert [s[1] for s in seen] == ["pending", "running", "running", "running", "finished"]
+    assert seen[-1][2] == "one two three four five"
+    assert not clock.getDelayedCalls()
