@@ -196,16 +196,19 @@ class Dispatcher(Service):
         promised: set[str] = set()
         if self._stopping:
             return promised
-        blocked = {job.queue for job in self._reserved.values() if job.id not in self._promised}
-        taken = {name: 0 for name in self.queues}
+        # Counted from the few running and starting jobs, not by walking
+        # queues that may hold thousands of pending ones.
+        active = {name: 0 for name in self.queues}
+        for job_id in (*self._runners, *self._recording_start):
+            job = self.jobs.get(job_id)
+            if job is not None:
+                active[job.queue] += 1
+        # Queues where a job waits already, queued or still being recorded.
+        blocked = {name for name, queue in self.queues.items() if len(queue) > active[name]}
+        blocked |= {job.queue for job in self._reserved.values() if job.id not in self._promised}
+        taken = dict(active)
         for job_id in self._promised:
             taken[self._reserved[job_id].queue] += 1
-        for name in {job.queue for job in jobs} - blocked:
-            queue = self.queues[name]
-            if any(j.state == PENDING and j.id not in self._recording_start for j in queue):
-                blocked.add(name)  # a job waits there already
-            else:
-                taken[name] += sum(1 for j in queue if j.state != PENDING or j.id in self._recording_start)
         for job in jobs:
             limit = self.queues[job.queue].limit
             if job.queue not in blocked and (limit == 0 or taken[job.queue] < limit):
@@ -479,7 +482,8 @@ class Dispatcher(Service):
         """With a store: open it and take up the jobs it holds (see ``_recover``)."""
         super().startService()
         if self.store is not None and not self._recovered:
-            self._track(self.store.open().addCallbacks(self._recover, self._store_failed))
+            d = self._track(self.store.open().addCallbacks(self._recover, self._store_failed))
+            d.addErrback(lambda f: log.failure("bug while taking up the jobs of the store", f))
 
     def _recover(self, opened: Opened) -> None:
         """

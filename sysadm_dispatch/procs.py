@@ -1,38 +1,18 @@
 """
 Finding every process a job started, so that ending a job ends all of it.
 
-A process-group signal reaches only the processes that stayed in the group.
-A grandchild that called ``setsid`` or double-forked into the background has
-left it, so each job's processes are also found through ``/proc``:
+A process-group signal misses a grandchild that called ``setsid`` or
+double-forked, so a job's processes are found through ``/proc`` as well:
+its process groups, the ``SYSADM_DISPATCH_JOB=<token>`` marker in their
+environment, the descendants of either, and whatever was found before; only
+processes started after the job count, and zombies count as gone.  A server
+that is a child subreaper (``SubreaperService``) also keeps the orphans of
+its jobs as its own children: it finds them there, reaps them one pid at a
+time (never a blanket wait), and ends them when it stops.  The rules, and
+what they do not catch, are stated in docs/processes.rst.
 
-* its **sessions**: every command is started as the leader of a new session
-  (and process group) with the leader's pid as its id, and whatever stays in
-  that session or group belongs to the job;
-* an **environment marker**: every job process is started with
-  ``SYSADM_DISPATCH_JOB=<token>``, unique per job, which its descendants
-  inherit through ``setsid`` and double forks unless they clear or replace
-  their environment;
-* **ancestry**: the descendants of any process found by the two rules above
-  (this is what catches a process that cleared its environment while its
-  parent is still there);
-* processes found before keep belonging to the job while they live.
-
-A process counts only if it started after the job did (so a recycled pid is
-never taken for one of the job's), and a zombie counts as gone.
-
-When the server is a **child subreaper** (``become_subreaper``, done by the
-twistd server), processes orphaned by a job are re-parented to the server
-instead of to init: they stay findable as the server's children, the server
-reaps them (with ``waitpid`` on each such pid only, never a blanket wait, so
-no other child's exit status is stolen), and at shutdown it ends whatever of
-them is left.  What is *not* found: a process that cleared its environment,
-left the job's session, and whose parent had already exited when the server
-looked; and anything that was handed to another process (such as init or a
-service manager) to start.  The full statement is in docs/processes.rst.
-
-All of this runs on the reactor thread: reading ``/proc`` is memory, not
-disk, and the scans of several jobs that want one in the same reactor turn
-share a single pass.
+Everything here runs on the reactor thread: ``/proc`` is memory, not disk,
+and the jobs that want a look in the same reactor turn share one pass.
 """
 
 from __future__ import annotations
@@ -42,7 +22,6 @@ import os
 import signal
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import Service
@@ -51,169 +30,29 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from .proctable import (
+    MARKER,
+    JobTree,
+    ProcInfo,
+    children_lists,
+    children_of_self,
+    read_marker,
+    read_stat,
+    reap,
+    scan,
+    signal_group,
+    signal_pid,
+    walk,
+)
 from .spawn import ExitWatcher, OutputReader, SpawnError, open_output_pipe, plan, spawn
 
 log = Logger()
 
-#: The environment variable that marks a job's processes.
-MARKER = "SYSADM_DISPATCH_JOB"
-_MARKER_KEY = MARKER.encode() + b"="
 PR_SET_CHILD_SUBREAPER = 36
 #: How often a subreaper server reaps orphans that exited, at the latest.
 REAP_INTERVAL = 2.0
 #: Rounds of stopping newly found processes before a tree is sent SIGKILL.
 FREEZE_ROUNDS = 4
-
-
-@dataclass(slots=True)
-class ProcInfo:
-    """What ``/proc/<pid>/stat`` says about a process."""
-
-    pid: int
-    ppid: int
-    pgrp: int
-    session: int
-    state: str
-    start: int  # clock ticks since boot
-
-    @property
-    def gone(self) -> bool:
-        return self.state in ("Z", "X", "x")
-
-
-def read_stat(pid: int) -> ProcInfo | None:
-    """One process's stat line, or None if it is gone."""
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, 4096)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    # comm (field 2) may contain anything, ")" included: split after the last one.
-    fields = data[data.rindex(b")") + 2 :].split()
-    return ProcInfo(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0].decode(), int(fields[19]))
-
-
-def scan(min_start: int = 0) -> dict[int, ProcInfo]:
-    """Every process on the machine that started at ``min_start`` or later."""
-    table: dict[int, ProcInfo] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        info = read_stat(int(name))
-        if info is not None and info.start >= min_start and info.ppid != 2 and info.pid != 2:
-            table[info.pid] = info
-    return table
-
-
-def read_marker(pid: int) -> str | None:
-    """The value of the job marker in a live process's environment, if any."""
-    try:
-        fd = os.open(f"/proc/{pid}/environ", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        chunks = []
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if data.startswith(_MARKER_KEY):
-        at = 0
-    else:
-        at = data.find(b"\0" + _MARKER_KEY)
-        if at < 0:
-            return None
-        at += 1
-    end = data.find(b"\0", at)
-    return data[at + len(_MARKER_KEY) : end if end >= 0 else len(data)].decode(errors="replace")
-
-
-def children_of_self() -> list[int]:
-    """
-    The children of this process's main thread, which is where orphans are
-    re-parented and where the reactor thread spawns.
-    """
-    pid = os.getpid()
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
-            return [int(word) for word in f.read().split()]
-    except OSError:
-        return []
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _signal_group(pgid: int, sig: int) -> bool:
-    """Signal a process group; False if it has no member left."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@dataclass(eq=False)
-class JobTree:
-    """The processes of one job, as far as they have been found."""
-
-    token: str
-    #: Session (and process group) ids still in use: the pids of the job's
-    #: command leaders, each with the leader's start time.
-    sessions: dict[int, int] = field(default_factory=dict)
-    #: No process of the job started before this (clock ticks since boot).
-    start: int = 0
-    #: Processes found so far: pid -> start time.
-    members: dict[int, int] = field(default_factory=dict)
-
-    def add_leader(self, pid: int, start: int | None) -> None:
-        if start is None:
-            return  # gone already (and reaped by someone else): nothing to follow
-        if not self.sessions and not self.members:
-            self.start = start
-        self.sessions[pid] = start
-        self.members[pid] = start
-
-    def session_recycled(self, sid: int, info: ProcInfo | None) -> bool:
-        """
-        Whether the id of session ``sid`` now names someone else's group: a
-        process with that pid exists and is not the leader that started it.
-        (The kernel does not reuse a pid while a session or group still
-        uses it as its id, so a different process with that pid means the
-        job's session ended.)
-        """
-        if info is None or info.start == self.sessions.get(sid):
-            return False
-        del self.sessions[sid]
-        return True
-
-    def retire(self, sid: int) -> None:
-        """The session has no process left: its id may be reused from now on."""
-        self.sessions.pop(sid, None)
 
 
 class Command:
@@ -257,6 +96,8 @@ class ProcessTracker:
         #: Whether orphans are re-parented to this process (see ``become_subreaper``).
         self.subreaper = False
         self._leaders: dict[int, Command] = {}
+        #: The trees of the jobs running now, by token.
+        self._trees: dict[str, JobTree] = {}
         self._sweeps: dict[JobTree, _Sweep] = {}
         self._scan_call: Any = None
         self._nonce = uuid.uuid4().hex[:12]
@@ -265,8 +106,14 @@ class ProcessTracker:
     # Starting.
 
     def new_tree(self) -> JobTree:
+        """The tree of a job about to start; ``forget`` it once the job is over."""
         self._count += 1
-        return JobTree(f"{self._nonce}-{self._count}")
+        tree = JobTree(f"{self._nonce}-{self._count}")
+        self._trees[tree.token] = tree
+        return tree
+
+    def forget(self, tree: JobTree) -> None:
+        self._trees.pop(tree.token, None)
 
     def start_command(
         self,
@@ -314,16 +161,23 @@ class ProcessTracker:
     def quick_empty(self, tree: JobTree) -> bool:
         """
         Cheaply, whether nothing of the job is left (False: maybe something
-        is, and a ``sweep`` will tell).  Exact for a subreaper: a process of
-        the job that outlived the job's commands either stayed in one of its
-        process groups or was orphaned and re-parented here.
+        is, and a ``sweep`` will tell).  As exact as a sweep for a subreaper:
+        a live process of the job whose parent is gone was re-parented here,
+        so the topmost live one of any line of descent is in one of the
+        job's groups, a process found before, or a child of this process.
+        Without being a subreaper, it looks at the groups and the processes
+        found before only.
         """
-        for sid in list(tree.sessions):
-            if sid in self._leaders:
+        for pgid in list(tree.groups):
+            if pgid in self._leaders:
                 return False
-            if not _signal_group(sid, 0):
-                tree.retire(sid)
-            elif not tree.session_recycled(sid, read_stat(sid)):
+            if not signal_group(pgid, 0):
+                tree.retire(pgid)
+            elif not tree.group_recycled(pgid, read_stat(pgid)):
+                return False
+        for pid, start in list(tree.members.items()):
+            info = read_stat(pid)
+            if info is not None and info.start == start and not info.gone:
                 return False
         if not self.subreaper:
             return True
@@ -334,26 +188,26 @@ class ProcessTracker:
             if info is None:
                 continue
             if info.gone:
-                _reap(pid)
+                reap(pid)
                 continue
             if info.start < tree.start:
                 continue
-            if tree.members.get(pid) == info.start or info.session in tree.sessions or info.pgrp in tree.sessions:
+            if tree.members.get(pid) == info.start or info.pgrp in tree.groups or info.session in tree.groups:
                 return False
             if read_marker(pid) == tree.token:
                 return False
         return True
 
     def signal_groups(self, tree: JobTree, sig: int) -> None:
-        """Signal the job's process groups at once (the sweep that finds the rest comes next turn)."""
-        for sid in list(tree.sessions):
-            if sid not in self._leaders and tree.session_recycled(sid, read_stat(sid)):
+        """Signal the job's process groups (``SIGTERM`` followed by ``SIGCONT``)."""
+        for pgid in list(tree.groups):
+            if pgid not in self._leaders and tree.group_recycled(pgid, read_stat(pgid)):
                 continue
-            if not _signal_group(sid, sig):
-                if sid not in self._leaders:
-                    tree.retire(sid)
+            if not signal_group(pgid, sig):
+                if pgid not in self._leaders:
+                    tree.retire(pgid)
             elif sig == signal.SIGTERM:
-                _signal_group(sid, signal.SIGCONT)
+                signal_group(pgid, signal.SIGCONT)
 
     def sweep(self, tree: JobTree, sig: int | None = None) -> Deferred[int]:
         """
@@ -378,6 +232,18 @@ class ProcessTracker:
     def _run_sweeps(self) -> None:
         self._scan_call = None
         sweeps, self._sweeps = self._sweeps, {}
+        try:
+            results = self._sweep_now(sweeps)
+        except Exception:
+            # A bug; the jobs waiting must not hang: they take it that
+            # something is alive, and end through the grace and SIGKILL.
+            log.failure("looking for the processes of {count} jobs failed", count=len(sweeps))
+            results = dict.fromkeys(sweeps, 1)
+        for tree, request in sweeps.items():
+            for d in request.waiters:
+                d.callback(results[tree])
+
+    def _sweep_now(self, sweeps: dict[JobTree, _Sweep]) -> dict[JobTree, int]:
         found = self.find(sweeps)
         results: dict[JobTree, int] = {}
         kill = [tree for tree, request in sweeps.items() if request.signal == signal.SIGKILL]
@@ -387,17 +253,19 @@ class ProcessTracker:
             alive = [info for info in found[tree] if not info.gone]
             for info in found[tree]:
                 if info.gone and info.ppid == os.getpid() and not self._known_child(info.pid):
-                    _reap(info.pid)
+                    reap(info.pid)
             if request.signal is not None:
+                # Found first, signalled after: a process whose parent dies
+                # of this signal would otherwise be orphaned before it was
+                # seen, its ancestry lost.
+                self.signal_groups(tree, request.signal)
                 for info in alive:
-                    _signal(info.pid, request.signal)
+                    signal_pid(info.pid, request.signal)
                 if request.signal == signal.SIGTERM:
                     for info in alive:
-                        _signal(info.pid, signal.SIGCONT)
+                        signal_pid(info.pid, signal.SIGCONT)
             results[tree] = len(alive)
-        for tree, request in sweeps.items():
-            for d in request.waiters:
-                d.callback(results[tree])
+        return results
 
     def _freeze(self, trees: list[JobTree], found: dict[JobTree, list[ProcInfo]]) -> dict[JobTree, list[ProcInfo]]:
         """
@@ -411,7 +279,7 @@ class ProcessTracker:
             for tree in trees:
                 for info in current[tree]:
                     if not info.gone and info.pid not in stopped[tree]:
-                        _signal(info.pid, signal.SIGSTOP)
+                        signal_pid(info.pid, signal.SIGSTOP)
                         new = True
                     stopped[tree][info.pid] = info
             if not new:
@@ -420,21 +288,32 @@ class ProcessTracker:
         return {tree: list(stopped[tree].values()) for tree in trees}
 
     def find(self, trees: Iterable[JobTree]) -> dict[JobTree, list[ProcInfo]]:
-        """One pass over ``/proc``: the processes of each tree (zombies included)."""
+        """One look through ``/proc``: the processes of each tree (zombies included)."""
         trees = list(trees)
         out: dict[JobTree, list[ProcInfo]] = {tree: [] for tree in trees}
         if not trees:
             return out
-        table = scan(min(tree.start for tree in trees))
-        by_session: dict[int, JobTree] = {}
+        if self.subreaper and children_lists():
+            # Every process of a job descends from one of its leaders, from
+            # one found before, or from an orphan re-parented here: walking
+            # down from those sees all of them, without reading the stat of
+            # every process on the machine.
+            roots = {pid for pid in children_of_self() if not self._known_child(pid)}
+            for tree in trees:
+                roots.update(tree.groups)
+                roots.update(tree.members)
+            table = walk(roots)
+        else:
+            table = scan(min(tree.start for tree in trees))
+        by_group: dict[int, JobTree] = {}
         by_token: dict[str, JobTree] = {}
         by_member: dict[int, JobTree] = {}
         for tree in trees:
             by_token[tree.token] = tree
-            for sid in list(tree.sessions):
-                if sid not in self._leaders and tree.session_recycled(sid, table.get(sid)):
+            for pgid in list(tree.groups):
+                if pgid not in self._leaders and tree.group_recycled(pgid, table.get(pgid)):
                     continue
-                by_session[sid] = tree
+                by_group[pgid] = tree
             for pid in tree.members:
                 by_member[pid] = tree
         owner: dict[int, JobTree] = {}
@@ -442,10 +321,10 @@ class ProcessTracker:
         used: set[int] = set()
         for pid, info in table.items():
             children.setdefault(info.ppid, []).append(pid)
-            found = by_session.get(info.session) or by_session.get(info.pgrp)
+            found = by_group.get(info.pgrp) or by_group.get(info.session)
             if found is not None:
-                used.add(info.session)
                 used.add(info.pgrp)
+                used.add(info.session)
             else:
                 found = by_member.get(pid)
                 if found is not None and found.members[pid] != info.start:
@@ -455,9 +334,9 @@ class ProcessTracker:
                 found = by_token.get(marker) if marker is not None else None
             if found is not None and info.start >= found.start:
                 owner[pid] = found
-        for sid, tree in by_session.items():
-            if sid not in used and sid not in self._leaders:
-                tree.retire(sid)
+        for pgid, tree in by_group.items():
+            if pgid not in used and pgid not in self._leaders:
+                tree.retire(pgid)
         # Descendants of what was found belong to the same job.
         stack = list(owner)
         while stack:
@@ -502,8 +381,12 @@ class ProcessTracker:
         return True
 
     def strays(self) -> list[ProcInfo]:
-        """Orphans re-parented here that no job has claimed; zombies among them are reaped."""
+        """
+        Orphans re-parented here that no running job claims; zombies among
+        them are reaped.
+        """
         out = []
+        groups = {pgid for tree in self._trees.values() for pgid in tree.groups}
         for pid in children_of_self():
             if self._known_child(pid):
                 continue
@@ -511,8 +394,8 @@ class ProcessTracker:
             if info is None:
                 continue
             if info.gone:
-                _reap(pid)
-            else:
+                reap(pid)
+            elif info.pgrp not in groups and info.session not in groups and read_marker(pid) not in self._trees:
                 out.append(info)
         return out
 

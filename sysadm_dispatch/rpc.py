@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Protocol, cast
 
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -104,7 +104,10 @@ def decode_json(data: bytes, max_depth: int = MAX_DEPTH, max_string: int | None 
         raise RPCError(400, f"the message nests deeper than {max_depth} levels") from None
     except ValueError as e:
         raise RPCError(400, f"the message is not valid JSON ({e})") from None
-    _check_shape(value, max_depth, max_string)
+    # The walk is needed only if the text could hold a string or a nesting
+    # over the limits; counting brackets and length is much cheaper.
+    if (max_string is not None and len(text) > max_string) or text.count("{") + text.count("[") >= max_depth:
+        _check_shape(value, max_depth, max_string)
     return value
 
 
@@ -214,7 +217,6 @@ class Router:
         self, session: Session, namespace: str, name: str, request_id: str, args: Any
     ) -> Deferred[dict[str, Any] | None]:
         echo = namespace if namespace in ("rpc", "events") else "rpc"
-        d = maybeDeferred(self._dispatch, session, namespace, name, args)
 
         def ok(result: Any) -> dict[str, Any] | None:
             if (namespace, name) == ("rpc", "auth_clear"):
@@ -227,10 +229,17 @@ class Router:
             log.failure("bug while handling {namespace}/{name}", f, namespace=namespace, name=name)
             return error_reply(echo, request_id, RPCError(500, "internal error; the server log has the details"))
 
-        return d.addCallbacks(ok, failed)
+        # Most handlers answer at once: only those that wait pay for Deferreds.
+        try:
+            result = self._dispatch(session, namespace, name, args)
+        except Exception:
+            return succeed(failed(Failure()))
+        if isinstance(result, Deferred):
+            return result.addCallbacks(ok, failed)
+        return succeed(ok(result))
 
-    @inlineCallbacks
     def _dispatch(self, session: Session, namespace: str, name: str, args: Any) -> Any:
+        """The handler's result: a value, or a Deferred of one.  Raises ``RPCError``."""
         key = (namespace, name)
         # Before anything else, and so before any password or token is looked
         # at.  (auth_clear keeps its rule of no reply; it only forgets a token.)
@@ -241,8 +250,7 @@ class Router:
         handler = self.handlers.get(key)
         if handler is None:
             raise RPCError(404, f"unknown request {namespace}/{name}")
-        result = yield maybeDeferred(handler, session, args)
-        return result
+        return handler(session, args)
 
     def _require_user(self, session: Session) -> User:
         if session.token is not None:

@@ -1,6 +1,6 @@
 """
-Running one job: its commands in sequence, each leading a session and
-process group of its own, output captured, stopping at the first failure;
+Running one job: its commands in sequence, each leading a process group of
+its own, output captured, stopping at the first failure;
 and ending it, on demand, on timeout or at shutdown, with SIGTERM to every
 process of it, then SIGKILL to whatever is left after a grace period.
 
@@ -107,7 +107,7 @@ class JobRunner:
 
     @property
     def pid(self) -> int | None:
-        """The pid (and session id) of the command running now, if any."""
+        """The pid (and process group id) of the command running now, if any."""
         return self._command.pid if self._command is not None else None
 
     # Timers: every one of them is named, and one method cancels them all.
@@ -126,10 +126,9 @@ class JobRunner:
         if call is not None and call.active():
             call.cancel()
 
-    def _cancel_all(self, keep: tuple[str, ...] = ()) -> None:
+    def _cancel_all(self) -> None:
         for name in list(self._timers):
-            if name not in keep:
-                self._cancel(name)
+            self._cancel(name)
 
     # Running.
 
@@ -246,7 +245,6 @@ class JobRunner:
         assert self.tree is not None
         self._stopping = True
         self._cancel("timeout")
-        self.processes.signal_groups(self.tree, signal.SIGTERM)
         self._later("escalate", self.kill_grace, self._escalate)
         self.processes.sweep(self.tree, signal.SIGTERM).addCallback(self._first_sweep)
 
@@ -262,6 +260,10 @@ class JobRunner:
         if self._finished or self._ending or self._command is not None:
             return
         assert self.tree is not None
+        if self.processes.subreaper and self.processes.quick_empty(self.tree):
+            # As good as a pass over /proc for a subreaper, and much cheaper.
+            self._finish_outputs()
+            return
         sig = signal.SIGKILL if self._killing else None
         self.processes.sweep(self.tree, sig).addCallback(self._swept)
 
@@ -282,7 +284,6 @@ class JobRunner:
         self._poll_delay = POLL_FIRST_SECONDS
         if self._command is not None:
             self._escalated()
-        self.processes.signal_groups(self.tree, signal.SIGKILL)
         self.processes.sweep(self.tree, signal.SIGKILL).addCallback(self._killed)
         self._later("give_up", AFTER_KILL_SECONDS, self._give_up)
 
@@ -347,4 +348,6 @@ class JobRunner:
         for command in self._commands:
             if command.output_open:
                 command.abandon()
+        if self.tree is not None:
+            self.processes.forget(self.tree)
         self.done.callback(self.job)

@@ -4,8 +4,8 @@ Starting one command cheaply, and noticing its output and its end.
 Commands are started with ``os.posix_spawn``: no fork of the server, no scan
 of its open file descriptors (every descriptor this process opens is
 close-on-exec, so the child only needs stdin, stdout and stderr set up), and
-``setsid`` in the child so that each command leads a session and process
-group of its own while keeping its pid.  A command's stdout and stderr share
+each command leads a process group of its own (see ``spawn``), so that the
+group can be signalled as a whole.  A command's stdout and stderr share
 one pipe; stdin is ``/dev/null``.
 
 Its end is noticed through a pidfd (Linux 5.3 and later) watched by the
@@ -154,15 +154,39 @@ def open_output_pipe() -> tuple[int, int]:
     return read_fd, write_fd
 
 
+_has_terminal: bool | None = None
+
+
+def has_controlling_terminal() -> bool:
+    """Whether this process has a controlling terminal (asked once)."""
+    global _has_terminal
+    if _has_terminal is None:
+        try:
+            os.close(os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC))
+        except OSError:
+            _has_terminal = False
+        else:
+            _has_terminal = True
+    return _has_terminal
+
+
 def spawn(executable: str, argv: list[str], env: Mapping[str, str], output_fd: int, search: bool) -> int:
     """
-    Start a process in a session of its own, stdin ``/dev/null``, stdout and
-    stderr ``output_fd``; returns its pid.  Raises ``SpawnError``.
+    Start a process leading a process group of its own, stdin ``/dev/null``,
+    stdout and stderr ``output_fd``; returns its pid.  Raises ``SpawnError``.
+
+    When this process has a controlling terminal (``twistd -n`` in a shell),
+    the child also leads a session of its own, so that it cannot read from
+    or be stopped by that terminal.  Otherwise (a service) a new process
+    group is all it takes, and it is much cheaper: on Linux with scheduler
+    autogroups every new session costs a scheduling group, which halves the
+    spawn rate.
     """
     actions = [*_STDIO, (os.POSIX_SPAWN_DUP2, output_fd, 1), (os.POSIX_SPAWN_DUP2, output_fd, 2)]
     start = os.posix_spawnp if search else os.posix_spawn
+    group: dict[str, Any] = {"setsid": True} if has_controlling_terminal() else {"setpgroup": 0}
     try:
-        return start(executable, argv, env, file_actions=actions, setsid=True, setsigdef=_SIGNALS, setsigmask=())
+        return start(executable, argv, env, file_actions=actions, setsigdef=_SIGNALS, setsigmask=(), **group)
     except OSError as e:
         raise _spawn_error(argv[0], e, search) from None
 

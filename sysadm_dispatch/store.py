@@ -65,8 +65,8 @@ class StoreError(Exception):
     """The database could not do what was asked; the message says why, for a client."""
 
 
-class StoreBroken(StoreError):
-    """The database file is corrupt or unreadable (moved aside at startup)."""
+class _NotOurs(sqlite3.DatabaseError):
+    """The file is a damaged database, or someone else's."""
 
 
 @dataclass(frozen=True)
@@ -108,14 +108,12 @@ def _error_name(e: BaseException) -> str:
 
 
 def _is_broken(e: sqlite3.Error) -> bool:
-    return _error_name(e).startswith(_BROKEN) or "not a sysadm-dispatch" in str(e)
+    return isinstance(e, _NotOurs) or _error_name(e).startswith(_BROKEN)
 
 
-def _configure(conn: sqlite3.Connection) -> None:
-    # One server per database: a second one would run the same pending jobs.
-    conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+def _use_wal(conn: sqlite3.Connection) -> None:
     mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
+    if str(mode).lower() not in ("wal", "memory"):
         raise StoreError(f"the database cannot use write-ahead logging (journal mode {mode})")
     # FULL: a commit is on disk (not just handed to the OS) before it is acknowledged.
     conn.execute("PRAGMA synchronous=FULL")
@@ -125,11 +123,11 @@ def _version(conn: sqlite3.Connection) -> int:
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if "schema_version" not in tables:
         if tables - {"sqlite_sequence"}:
-            raise sqlite3.DatabaseError("the file is not a sysadm-dispatch database (tables without a version)")
+            raise _NotOurs("the file is not a sysadm-dispatch database (tables without a version)")
         return 0
     row = conn.execute("SELECT version FROM schema_version").fetchone()
     if row is None:
-        raise sqlite3.DatabaseError("the file is not a sysadm-dispatch database (no schema version)")
+        raise _NotOurs("the file is not a sysadm-dispatch database (no schema version)")
     return int(row[0])
 
 
@@ -159,11 +157,11 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Sequence[str]] = MIGR
 def move_aside(path: str, now: float) -> str:
     """Rename a broken database (and its WAL files) to a timestamped name beside it; returns it."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now))
-    target = f"{path}.broken-{stamp}"
+    target = f"{path}.corrupt-{stamp}"
     n = 1
     while os.path.lexists(target):
         n += 1
-        target = f"{path}.broken-{stamp}-{n}"
+        target = f"{path}.corrupt-{stamp}-{n}"
     os.replace(path, target)
     for suffix in ("-wal", "-shm", "-journal"):
         if os.path.lexists(path + suffix):
@@ -185,11 +183,16 @@ def open_database(path: str, now: float, connect: Connect = _connect, *,
         conn = None
         try:
             conn = connect(path)
-            _configure(conn)
+            # One server per database: a second one would run the same pending jobs.
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            # Read-only checks first: a file that is not ours is moved aside unchanged.
             if check:
-                result = conn.execute("PRAGMA quick_check").fetchone()[0]
+                result = str(conn.execute("PRAGMA quick_check").fetchone()[0])
                 if result != "ok":
-                    raise sqlite3.DatabaseError(f"database disk image is malformed ({result})")
+                    first = " ".join(result.split())[:160]
+                    raise _NotOurs(f"the integrity check failed: {first}")
+            _version(conn)
+            _use_wal(conn)
             migrate(conn)
             return conn, moved
         except sqlite3.Error as e:
@@ -222,7 +225,9 @@ class Store:
     """
     The job store of one server.  ``open`` starts the writer thread and
     returns the jobs that were active when the server last stopped (or
-    died); ``close`` finishes every queued request, then stops it.
+    died); ``close`` finishes every queued request, then stops it.  The
+    path ``":memory:"`` gives a store that keeps nothing across restarts
+    (for measurements and tests).
     """
 
     def __init__(self, path: str, reactor: Any = None, *, connect: Connect = _connect,
@@ -249,7 +254,7 @@ class Store:
         reactor runs (``twistd`` startup); returns where a broken file was
         moved, if one was.  Raises ``StoreError``.
         """
-        conn, moved = open_database(self.path, time.time(), self.connect)
+        conn, moved = open_database(self.path, self.reactor.seconds(), self.connect)
         conn.close()
         self._checked = True
         return moved

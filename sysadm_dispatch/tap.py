@@ -144,6 +144,7 @@ class Options(usage.Options):
 
     optFlags = [
         ["trust-proxy", None, "Take the client's address from X-Forwarded-For (only behind a proxy you run)."],
+        ["access-log", None, "Log a line for every REST request."],
     ]
 
     def __init__(self) -> None:
@@ -318,7 +319,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
                          max_connections_per_address=options["max-connections-per-address"],
                          trust_proxy=options["trust-proxy"])
     ListenerService("ws", endpoints["ws"], ws).setServiceParent(top)
-    rest = RestAPI(router, trust_proxy=options["trust-proxy"]).site(timeout=options["idle-timeout"] or None)
+    rest = RestAPI(router, trust_proxy=options["trust-proxy"]).site(
+        timeout=options["idle-timeout"] or None, access_log=bool(options["access-log"])
+    )
     ListenerService("rest", endpoints["rest"], rest).setServiceParent(top)
     top.dispatcher = dispatcher  # type: ignore[attr-defined]
     top.router = router  # type: ignore[attr-defined]

@@ -102,6 +102,16 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
     # Connection life.
 
+    def connectionMade(self) -> None:
+        # Autobahn's own attempt at this runs before the protocol has its
+        # options and fails silently; without it an event written right
+        # after a reply waits for the client's delayed ACK (about 40 ms).
+        try:
+            self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+        except (AttributeError, OSError):
+            pass  # not TCP (a UNIX socket, say)
+        super().connectionMade()
+
     def onConnect(self, request: ConnectionRequest) -> None:
         factory = self.factory
         try:

@@ -6,6 +6,8 @@ password store and the token store are consulted.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +18,9 @@ from conftest import WSClient, _ClientProtocol, with_timeout
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 
 
 class Refused(Exception):
@@ -91,5 +95,38 @@ def run_root(*argv: str, stdin: str | None = None) -> None:
     subprocess.run(argv, input=stdin, text=True, check=True, capture_output=True)
 
 
-async def first_of(*ds: Deferred[Any]) -> tuple[Any, int]:
-    return await with_timeout(DeferredList(list(ds), fireOnOneCallback=True, consumeErrors=True))
+class SyncPool:
+    """A "thread pool" that runs the work at once, on the calling thread, and counts it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def callInThreadWithCallback(self, onResult: Any, func: Any, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        try:
+            result = func(*args, **kwargs)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class SyncClock(Clock):
+    """A ``Clock`` with a synchronous thread pool: password checks finish before the call returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = SyncPool()
+
+    def getThreadPool(self) -> SyncPool:
+        return self.pool
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+
+def cheap_hash(password: str) -> str:
+    """A hash in ``hash_password``'s format with tiny scrypt costs, so tests stay fast."""
+    salt = b"0123456789abcdef"
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2, r=1, p=1, dklen=32)
+    return f"scrypt$2$1$1${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"

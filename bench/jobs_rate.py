@@ -1,0 +1,258 @@
+"""Benchmark jobs per second end to end, next to the machine's raw spawn rate.
+
+A WebSocket client logged in to sysadm-dispatch (under twistd) and
+subscribed to ``dispatcher`` events keeps 1, 8 or 64 ``/bin/true`` jobs in
+flight: each ``finished`` event sends the next ``run`` request.  In the same
+run, this process measures the raw rate of ``os.posix_spawn`` + ``waitpid``
+of ``/bin/true`` at the same depths, and the ratio ours/raw is reported.
+Everything is measured twice: with no other client, and with 1,000 idle
+WebSocket clients connected (logged in, silent), since a server that looks
+at every open descriptor per spawn slows down with connections.  Then
+``_spawn_rate.py`` measures the spawn path alone in one process (the
+runner, and Twisted's ``spawnProcess`` as the runner used to call it, next
+to raw spawns, with and without as many extra descriptors open).  Prints
+one JSON line.  See docs/benchmarks.rst.
+
+    python bench/jobs_rate.py [--seconds 5] [--repeat 3] [--idle 1000] [--no-in-process]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    HOST,
+    PASSWORD,
+    USERNAME,
+    BenchError,
+    base_arguments,
+    check_base_arguments,
+    children_stopped_on_exit,
+    cpu_seconds,
+    emit,
+    log,
+    machine,
+    start_our_server,
+    summarize,
+)
+from _wsclient import WebSocketClient, WebSocketError
+
+DEPTHS = (1, 8, 64)
+PROGRAM = "/bin/true"
+CALL_TIMEOUT = 30.0
+IDLE_CONNECT_BATCH = 50
+
+
+async def call(client: WebSocketClient, message: dict[str, Any]) -> dict[str, Any]:
+    """One request, waiting for the next message (no events are subscribed yet)."""
+    reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    client.on_message = lambda payload: reply.done() or reply.set_result(payload)
+    client.on_error = lambda error: reply.done() or reply.set_exception(error)
+    client.send(json.dumps(message))
+    answer: dict[str, Any] = json.loads(await asyncio.wait_for(reply, CALL_TIMEOUT))
+    if answer.get("name") != "response":
+        raise BenchError(f"request {message.get('name')} failed: {answer}")
+    return answer
+
+
+async def login(port: int) -> tuple[WebSocketClient, str]:
+    client = await WebSocketClient.connect(HOST, port, CALL_TIMEOUT)
+    reply = await call(
+        client, {"namespace": "rpc", "name": "auth", "id": "a", "args": {"username": USERNAME, "password": PASSWORD}}
+    )
+    return client, reply["args"][0]
+
+
+async def idle_clients(port: int, token: str, count: int) -> list[WebSocketClient]:
+    """``count`` connections, each logged in with the token, then left silent."""
+    clients: list[WebSocketClient] = []
+
+    async def one() -> None:
+        client = await WebSocketClient.connect(HOST, port, CALL_TIMEOUT)
+        await call(client, {"namespace": "rpc", "name": "auth_token", "id": "t", "args": {"token": token}})
+        client.on_message = lambda payload: None
+        clients.append(client)
+
+    for start in range(0, count, IDLE_CONNECT_BATCH):
+        await asyncio.gather(*(one() for _ in range(min(IDLE_CONNECT_BATCH, count - start))))
+    return clients
+
+
+class JobDriver:
+    """Keeps ``depth`` jobs in flight until the deadline; counts finished events."""
+
+    def __init__(self, client: WebSocketClient, prefix: str, depth: int, deadline: float) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.deadline = deadline
+        self.number = 0
+        self.in_flight = 0
+        self.finished = 0
+        self.failed: list[str] = []
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        client.on_message = self.on_message
+        client.on_error = lambda error: self.done.done() or self.done.set_exception(error)
+        for _ in range(depth):
+            self.send()
+
+    def send(self) -> None:
+        self.number += 1
+        self.in_flight += 1
+        job = {"id": f"{self.prefix}-{self.number}", "commands": PROGRAM}
+        self.client.send(
+            json.dumps(
+                {
+                    "namespace": "rpc",
+                    "name": "dispatcher",
+                    "id": str(self.number),
+                    "args": {"action": "run", "jobs": [job]},
+                }
+            )
+        )
+
+    def on_message(self, payload: bytes) -> None:
+        message = json.loads(payload)
+        if message.get("name") == "error":
+            self.done.done() or self.done.set_exception(BenchError(f"run refused: {message}"))
+            return
+        if message.get("namespace") != "events" or message["args"].get("state") != "finished":
+            return
+        args = message["args"]
+        if not args["process_id"].startswith(self.prefix + "-"):
+            return
+        if args["success"] != "true":
+            self.failed.append(args["process_id"])
+        self.in_flight -= 1
+        self.finished += 1
+        if time.perf_counter() < self.deadline:
+            self.send()
+        elif not self.in_flight and not self.done.done():
+            self.done.set_result(None)
+
+
+async def ours(client: WebSocketClient, server_pid: int, depth: int, seconds: float, tag: str) -> dict[str, float]:
+    cpu = cpu_seconds(server_pid)
+    started = time.perf_counter()
+    driver = JobDriver(client, tag, depth, started + seconds)
+    await asyncio.wait_for(driver.done, seconds + CALL_TIMEOUT)
+    wall = time.perf_counter() - started
+    if driver.failed:
+        raise BenchError(f"{len(driver.failed)} jobs failed, e.g. {driver.failed[0]}")
+    server_cpu = cpu_seconds(server_pid) - cpu
+    return {"jobs_per_s": driver.finished / wall, "server_cpu": server_cpu / wall,
+            "server_us_per_job": server_cpu / max(driver.finished, 1) * 1e6}
+
+
+def raw(depth: int, seconds: float) -> dict[str, float]:
+    """posix_spawn + waitpid of /bin/true, ``depth`` at a time, in this process."""
+    env = dict(os.environ)
+    argv = [PROGRAM]
+    pending: deque[int] = deque()
+    done = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    for _ in range(depth):
+        pending.append(os.posix_spawn(PROGRAM, argv, env))
+    while pending:
+        os.waitpid(pending.popleft(), 0)
+        done += 1
+        if time.perf_counter() < deadline:
+            pending.append(os.posix_spawn(PROGRAM, argv, env))
+    return {"jobs_per_s": done / (time.perf_counter() - started)}
+
+
+async def bench(args: Any, port: int, server_pid: int) -> dict[str, Any]:
+    client, token = await login(port)
+    await call(client, {"namespace": "events", "name": "subscribe", "id": "s", "args": ["dispatcher"]})
+    results: dict[str, Any] = {}
+    idle: list[WebSocketClient] = []
+    try:
+        for case in ("no_idle_clients", f"{args.idle}_idle_clients"):
+            if case != "no_idle_clients":
+                idle = await idle_clients(port, token, args.idle)
+                log(f"{len(idle)} idle clients connected")
+            if args.warmup:
+                await ours(client, server_pid, 8, args.warmup, f"warm-{case}")
+            samples: dict[int, dict[str, list[dict[str, float]]]] = {d: {"ours": [], "raw": []} for d in DEPTHS}
+            for repeat in range(args.repeat):
+                for depth in DEPTHS:
+                    order = ("ours", "raw") if repeat % 2 == 0 else ("raw", "ours")
+                    for who in order:
+                        if who == "ours":
+                            sample = await ours(client, server_pid, depth, args.seconds, f"{case}-{repeat}-{depth}")
+                        else:
+                            sample = raw(depth, args.seconds)
+                        samples[depth][who].append(sample)
+                        log(f"{case} depth {depth} {who}: {sample['jobs_per_s']:.0f} jobs/s")
+            entry: dict[str, Any] = {}
+            for depth, runs in samples.items():
+                summary = {who: summarize(values) for who, values in runs.items()}
+                summary["ratio"] = round(
+                    summary["ours"]["median"]["jobs_per_s"] / summary["raw"]["median"]["jobs_per_s"], 4
+                )
+                entry[f"depth_{depth}"] = summary
+            results[case] = entry
+    finally:
+        for idle_client in idle:
+            idle_client.close()
+        client.close()
+    return results
+
+
+def main() -> int:
+    parser = base_arguments(__doc__.split("\n\n")[0])
+    parser.add_argument("--idle", type=int, default=1000, help="idle WebSocket clients in the second case")
+    parser.add_argument("--no-in-process", action="store_true",
+                        help="skip the measurement of the spawn path alone (bench/_spawn_rate.py)")
+    args = parser.parse_args()
+    check_base_arguments(parser, args)
+    if not 1 <= args.idle <= 5000:
+        parser.error("--idle must be in [1, 5000]")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < args.idle + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.idle + 1024), hard))
+    started = time.monotonic()
+    host = machine()
+    with tempfile.TemporaryDirectory(prefix="bench-jobs-") as tmp, children_stopped_on_exit() as children:
+        server = start_our_server(children, Path(tmp))
+        results = asyncio.run(bench(args, server.ws_port, server.process.pid))
+    in_process: dict[str, Any] = {}
+    if not args.no_in_process:
+        log("the spawn path alone, in one process (bench/_spawn_rate.py)")
+        out = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve().parent / "_spawn_rate.py"), "--seconds",
+             str(max(1, args.seconds // 2)), "--repeat", str(args.repeat), "--fds", str(args.idle)],
+            stdout=subprocess.PIPE, check=True, timeout=1800,
+        )
+        in_process = json.loads(out.stdout.decode().splitlines()[-1])
+    emit(
+        {
+            "bench": "jobs_rate",
+            "program": PROGRAM,
+            "seconds": args.seconds,
+            "repeat": args.repeat,
+            "results": results,
+            "in_process": in_process,
+            "machine": host,
+            "elapsed_s": round(time.monotonic() - started, 1),
+        }
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (BenchError, WebSocketError) as error:
+        log(f"error: {error}")
+        sys.exit(1)
