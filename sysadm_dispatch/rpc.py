@@ -99,7 +99,7 @@ def decode_json(data: bytes, max_depth: int = MAX_DEPTH, max_string: int | None 
     except UnicodeDecodeError as e:
         raise RPCError(400, f"the message is not valid UTF-8 (byte {e.start})") from None
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = _DECODER.decode(text)
     except RecursionError:
         raise RPCError(400, f"the message nests deeper than {max_depth} levels") from None
     except ValueError as e:
@@ -113,6 +113,9 @@ def decode_json(data: bytes, max_depth: int = MAX_DEPTH, max_string: int | None 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def reply(namespace: str, request_id: str, args: Any) -> dict[str, Any]:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .events import Event, EventHub, Subscription
@@ -190,7 +191,11 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
     def onMessageEnd(self) -> None:
         if not self._too_big:
-            super().onMessageEnd()
+            # What autobahn's onMessageEnd does, less the per-message signal
+            # (a future per message) that nothing here listens to.
+            payload = b"".join(self.message_data)
+            self.message_data = None  # type: ignore[assignment]
+            self.onMessage(payload, self.message_is_binary)
             return
         self.message_data = None  # type: ignore[assignment]
         limit = self.factory.router.max_message_bytes
@@ -201,6 +206,13 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         self._reply_when(self.factory.router.handle_bytes(self.session, payload))
 
     def _reply_when(self, d: Deferred[dict[str, Any] | None]) -> None:
+        if not self._replies and d.called and not isinstance(d.result, Failure):
+            # Answered at once, and nothing before it is waiting: send now.
+            reply = cast("dict[str, Any] | None", d.result)
+            if reply is not None:
+                payload = _encode(reply)
+                self._queue_out(payload, len(payload))
+            return
         slot = _Slot()
         self._replies.append(slot)
 
