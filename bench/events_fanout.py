@@ -9,6 +9,8 @@ throughput
     finished).  Events delivered per second across all subscribers, from the
     submit to the last event received by every subscriber.  The bare server
     broadcasts the same messages, byte for byte, to the same N clients.
+    Meanwhile one more connection asks ``rpc/identify`` every 10 ms: its
+    slowest answer is how long the server kept every other request waiting.
 delay
     A job prints ``time.time()`` every 20 ms for 3 s; each subscriber computes
     arrival time minus printed time for every line of the running updates
@@ -19,7 +21,7 @@ delay
 Prints one JSON line; see docs/benchmarks.rst.
 
     python bench/events_fanout.py [--repeat 3] [--jobs 200] [--subscribers 1,100,1000]
-        [--delay-subscribers 1,100] [--no-uvloop] [--bare-only]
+        [--delay-subscribers 1,100] [--batch 16] [--max-seconds 1800] [--no-uvloop] [--bare-only]
 """
 
 from __future__ import annotations
@@ -93,7 +95,11 @@ class Target:
 
 
 class _ExtraOptions:
-    """Lets ``start_our_server`` pass more sysadm-dispatch options to twistd."""
+    """Lets ``start_our_server`` pass more sysadm-dispatch options to twistd.
+
+    It spawns the server through ``spawn``; options appended to that command
+    line are the sysadm-dispatch sub-command's, as those it puts there.
+    """
 
     def __init__(self, children: Children, options: Sequence[str]) -> None:
         self._children = children

@@ -296,3 +296,12 @@ def test_running_updates_are_coalesced_per_interval() -> None:
     assert [s[1] for s in seen] == ["pending", "running", "running", "running", "finished"]
     assert seen[-1][2] == "one two three four five"
     assert not clock.getDelayedCalls()
+
+
+def test_text_frames_follow_rfc6455_lengths() -> None:
+    from sysadm_dispatch.websocket import text_frame
+
+    assert text_frame(b"hi") == b"\x81\x02hi"
+    assert text_frame(b"x" * 126)[:4] == b"\x81\x7e\x00\x7e"
+    assert text_frame(b"x" * 65536)[:10] == b"\x81\x7f" + (65536).to_bytes(8, "big")
+    assert len(text_frame(b"x" * 65536)) == 65546
