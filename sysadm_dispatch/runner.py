@@ -32,7 +32,7 @@ log = Logger()
 LINGER_SECONDS = 2.0
 #: First and longest wait between looks at whether a stopped job's
 #: processes are gone (the wait doubles in between).
-POLL_FIRST_SECONDS = 0.01
+POLL_FIRST_SECONDS = 0.002
 POLL_MAX_SECONDS = 0.25
 #: How long to keep looking after SIGKILL before reporting the job finished
 #: with stragglers (a process in uninterruptible sleep cannot die sooner).

@@ -439,9 +439,10 @@ async def test_twisted_children_keep_their_exit_status(server: Server, tmp_path)
     for i in range(5):
         await server.wait_finished(f"j{i}")
     proto = _Exit()
-    process = reactor.spawnProcess(proto, "/bin/sh", ["sh", "-c", "exit 7"], env=os.environ)
+    process = reactor.spawnProcess(proto, "/bin/sh", ["sh", "-c", "sleep 0.2; exit 7"], env=os.environ)
     # Without letting the reactor run: wait until it has exited, unreaped,
     # then let the server look for orphans to reap while it is a zombie.
+    assert process.pid is not None
     os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
     assert read_stat(process.pid).state == "Z"
     tracker.reap_strays()

@@ -18,7 +18,14 @@ from twisted.internet.task import Clock
 from sysadm_dispatch import runner as runner_module
 from sysadm_dispatch.job import Job, specs_from_run_args
 from sysadm_dispatch.procs import JobTree
-from sysadm_dispatch.runner import AFTER_KILL_SECONDS, LINGER_SECONDS, POLL_MAX_SECONDS, JobRunner, exit_code
+from sysadm_dispatch.runner import (
+    AFTER_KILL_SECONDS,
+    LINGER_SECONDS,
+    POLL_FIRST_SECONDS,
+    POLL_MAX_SECONDS,
+    JobRunner,
+    exit_code,
+)
 from sysadm_dispatch.spawn import SpawnError
 
 GRACE = 5.0
@@ -164,8 +171,9 @@ def test_leftover_that_ignores_term_is_polled_with_backoff_then_killed() -> None
         assert processes.answer(1) is None  # still something alive: look again later
         before = clock.seconds()
         clock.advance(min(call.getTime() for call in clock.getDelayedCalls()) - before)
-        waits.append(round(clock.seconds() - before, 3))
-    assert waits[:3] == [0.01, 0.02, 0.04] and max(waits) <= POLL_MAX_SECONDS
+        waits.append(round(clock.seconds() - before, 6))
+    assert waits[:3] == [POLL_FIRST_SECONDS, 2 * POLL_FIRST_SECONDS, 4 * POLL_FIRST_SECONDS]
+    assert max(waits) == POLL_MAX_SECONDS
     # The grace is over: SIGKILL, and whatever answered it was needed.
     signals = processes.answer_all(1)
     assert signal.SIGKILL in signals and runner.job.escalated
