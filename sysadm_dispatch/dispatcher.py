@@ -150,9 +150,7 @@ class Dispatcher(Service):
         if not self._recovered:
             # Jobs recovered from the store go first, and a new job may not
             # take the id of one of them.
-            waiter: Deferred[None] = Deferred()
-            self._recovery_waiters.append(waiter)
-            return waiter.addCallback(lambda _: self.submit(specs))
+            return self.when_recovered().addCallback(lambda _: self.submit(specs))
         self.check(specs)
         now = self.reactor.seconds()
         jobs = [Job(spec, self.log_cap_bytes, now) for spec in specs]
@@ -428,6 +426,9 @@ class Dispatcher(Service):
         one is signalled.  Fires with ``(killed, not_found)`` once every
         killed job has finished, its processes gone.
         """
+        if not self._recovered:
+            ids = list(job_ids)
+            return self.when_recovered().addCallback(lambda _: self.kill(ids))
         killed: list[str] = []
         not_found: list[str] = []
         waits = []
@@ -477,6 +478,22 @@ class Dispatcher(Service):
         return d.addCallback(lambda _: self._writes_done()).addCallback(lambda _: store.close())
 
     # The store.
+
+    @property
+    def recovered(self) -> bool:
+        """False while the jobs of the store are being taken up after a start."""
+        return self._recovered
+
+    def when_recovered(self) -> Deferred[None]:
+        """
+        Fires once the jobs of the store have been taken up (at once without
+        a store): before that, the job table and the history are incomplete.
+        """
+        if self._recovered:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._recovery_waiters.append(waiter)
+        return waiter
 
     def startService(self) -> None:
         """With a store: open it and take up the jobs it holds (see ``_recover``)."""
@@ -563,11 +580,18 @@ class Dispatcher(Service):
 
     def read_history(self, start: float, end: float, limit: int) -> Deferred[HistoryPage]:
         """Finished records in ``[start, end]``, newest first, at most ``limit``, and whether more matched."""
-        return self._history_store().history(start, end, limit).addErrback(_unavailable)
+        store = self._history_store()
+        if self._recovered:
+            return store.history(start, end, limit).addErrback(_unavailable)
+        d = self.when_recovered().addCallback(lambda _: store.history(start, end, limit))
+        return d.addErrback(_unavailable)
 
     def last_record(self, job_id: str) -> Deferred[dict[str, Any] | None]:
         """The latest finished record of ``job_id``, or None."""
-        return self._history_store().latest(job_id).addErrback(_unavailable)
+        store = self._history_store()
+        if self._recovered:
+            return store.latest(job_id).addErrback(_unavailable)
+        return self.when_recovered().addCallback(lambda _: store.latest(job_id)).addErrback(_unavailable)
 
     def _history_store(self) -> Store:
         if self.store is None:

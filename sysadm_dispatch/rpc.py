@@ -330,6 +330,9 @@ class Router:
             raise RPCError(400, "dispatcher: args must be an object with an action")
         action = args.get("action")
         if action == "list":
+            if not self.dispatcher.recovered:
+                # Just started: the jobs kept in the store are being taken up.
+                return self.dispatcher.when_recovered().addCallback(lambda _: {"jobs": self.dispatcher.list_jobs()})
             return {"jobs": self.dispatcher.list_jobs()}
         if action == "run":
             return self._run(session, args)

@@ -217,8 +217,9 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         self._reply_when(self.factory.router.handle_bytes(self.session, payload))
 
     def _reply_when(self, d: Deferred[dict[str, Any] | None]) -> None:
-        if not self._replies and d.called and not isinstance(d.result, Failure):
+        if not self._replies and d.called and not isinstance(d.result, Failure | Deferred):
             # Answered at once, and nothing before it is waiting: send now.
+            # (A fired Deferred whose callback returned a Deferred holds that one, not a reply.)
             reply = cast("dict[str, Any] | None", d.result)
             if reply is not None:
                 self._queue_out(text_frame(_encode(reply)))

@@ -171,9 +171,16 @@ async def servers(tmp_path: Any, body: Callable[[list[Twistd]], Any]) -> None:
 async def start(tmp_path: Any, started: list[Twistd]) -> Twistd:
     state = tmp_path / "state"
     state.mkdir(mode=0o700, exist_ok=True)
-    server = Twistd(str(state))
-    started.append(server)
-    return await server.ready()
+    for attempt in range(3):
+        server = Twistd(str(state))
+        started.append(server)
+        try:
+            return await server.ready()
+        except AssertionError:
+            # Another program took a port between free_port() and twistd binding it.
+            if "CannotListenError" not in server.log or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def assert_interrupted(record: dict[str, Any], job_id: str) -> None:

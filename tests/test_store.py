@@ -450,3 +450,23 @@ async def test_history_without_a_store_or_with_a_closed_one_is_unavailable(path:
     await with_timeout(dispatcher.stopService())
     with pytest.raises(Unavailable, match="the job store is closed"):
         await with_timeout(dispatcher.last_record("x"))
+
+
+@ensure
+async def test_looking_and_killing_right_after_a_start_see_the_recovered_jobs(path: str) -> None:
+    store, _ = await open_store(path)
+    await store.add([(spec("was-running", "sleep 30"), 1.0, 2.0), (spec("blocker", "sleep 30", "pkg_queue"), 3.0, 3.0),
+                     (spec("waiting", queue="pkg_queue"), 4.0, None)])
+    await store.close()
+    dispatcher = Dispatcher(reactor, store=Store(path, reactor), kill_grace=1)
+    # Asked before the store's jobs are taken up: the answers wait for them.
+    history = dispatcher.last_record("was-running")
+    killed = dispatcher.kill(["waiting", "unknown"])
+    assert not dispatcher.recovered
+    dispatcher.startService()
+    try:
+        assert (await with_timeout(history))["interrupted"] is True
+        assert await with_timeout(killed) == (["waiting"], ["unknown"])
+        assert (await with_timeout(dispatcher.last_record("waiting")))["killed"] is True
+    finally:
+        await with_timeout(dispatcher.stopService())
