@@ -167,8 +167,6 @@ class JobRunner:
         self._spawning = False
         self._command = command
         self._commands.append(command)
-        log.debug("job {job_id}: started {argv!r} as pid {pid}", job_id=job.id, argv=job.spec.argvs[index],
-                  pid=command.pid)
         if self._early_exit:
             self._exited(self._early_exit.pop())
 
