@@ -354,9 +354,10 @@ class Router:
 
         # The reply waits until the jobs are recorded (with a store).
         def started(jobs: list[Any]) -> Any:
+            # One line per request says who asked for what: the audit trail.
             user = session.user
-            log.info("user {username} started {ids!r}", username=user.name if user else "?",
-                     ids=[j.id for j in jobs])
+            log.info("user {username} from {peer} queued {jobs!r}", username=user.name if user else "?",
+                     peer=session.peer, jobs={j.id: [j.queue, *j.spec.commands] for j in jobs})
             return {"started": [job.id for job in jobs]}
 
         return submitted.addCallbacks(started, _refused)
