@@ -18,12 +18,13 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 HOST = "127.0.0.1"
 BENCH_DIR = Path(__file__).resolve().parent
@@ -80,6 +81,13 @@ def check_base_arguments(parser: argparse.ArgumentParser, args: argparse.Namespa
         parser.error("--repeat must be in [1, 50]")
     if not 0 <= args.warmup <= 60:
         parser.error("--warmup must be in [0, 60]")
+
+
+def parse_base_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse the command line of a parser from ``base_arguments`` and check the common options."""
+    args = parser.parse_args()
+    check_base_arguments(parser, args)
+    return args
 
 
 def free_port() -> int:
@@ -173,6 +181,16 @@ def children_stopped_on_exit() -> Iterator[Children]:
         children.stop_all()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def workspace(prefix: str) -> Iterator[tuple[Path, Children]]:
+    """A temporary folder and a ``Children`` (see ``children_stopped_on_exit``).
+
+    On the way out the children are stopped first, then the folder is removed.
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp, children_stopped_on_exit() as children:
+        yield Path(tmp), children
 
 
 @dataclass(frozen=True)
@@ -339,3 +357,24 @@ def emit(result: dict[str, Any]) -> None:
     """The one line on stdout."""
     sys.stdout.write(json.dumps(result, separators=(",", ":")) + "\n")
     sys.stdout.flush()
+
+
+class Stopwatch:
+    """Started, and the machine described, before any load (so its load average is the background)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.host = machine()
+
+    def emit(self, result: dict[str, Any]) -> None:
+        """``emit`` the result with ``machine`` and ``elapsed_s`` added at the end."""
+        emit({**result, "machine": self.host, "elapsed_s": round(time.monotonic() - self.started, 1)})
+
+
+def run_main(main: Callable[[], int], *errors: type[Exception]) -> NoReturn:
+    """Exit with ``main()``'s status; a ``BenchError`` (or one of ``errors``) is logged and exits 1."""
+    try:
+        sys.exit(main())
+    except (BenchError, *errors) as error:
+        log(f"error: {error}")
+        sys.exit(1)

@@ -20,8 +20,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,11 +29,11 @@ from _common import (
     PASSWORD,
     USERNAME,
     BenchError,
-    children_stopped_on_exit,
-    emit,
+    Stopwatch,
     log,
-    machine,
+    run_main,
     start_our_server,
+    workspace,
 )
 from _wsclient import WebSocketClient, WebSocketError
 
@@ -166,25 +164,18 @@ def main() -> int:
         parser.error("--mib must be in [1, 65536]")
     if not 1 <= args.repeat <= 50:
         parser.error("--repeat must be in [1, 50]")
-    started = time.monotonic()
-    host = machine()
-    with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp, children_stopped_on_exit() as children:
-        server = start_our_server(children, Path(tmp))
+    stopwatch = Stopwatch()
+    with workspace("bench-capture-") as (tmp, children):
+        server = start_our_server(children, tmp)
         result = asyncio.run(bench(args, server.ws_port, server.process.pid))
-    emit({
+    stopwatch.emit({
         "bench": "capture",
         "bytes": args.mib << 20,
         "repeat": args.repeat,
         "results": result,
-        "machine": host,
-        "elapsed_s": round(time.monotonic() - started, 1),
     })
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (BenchError, WebSocketError) as error:
-        log(f"error: {error}")
-        sys.exit(1)
+    run_main(main, WebSocketError)

@@ -34,7 +34,6 @@ import shlex
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,16 +47,16 @@ from _common import (
     USERNAME,
     BenchError,
     Children,
-    children_stopped_on_exit,
+    Stopwatch,
     cpu_seconds,
-    emit,
     free_port,
     log,
-    machine,
     percentile,
+    run_main,
     start_our_server,
     summarize,
     wait_for_port,
+    workspace,
 )
 from _wsclient import WebSocketClient, WebSocketError
 from ws_list import event_loop
@@ -596,16 +595,12 @@ def main() -> int:
     signal.signal(signal.SIGALRM, out_of_time)
     signal.alarm(args.max_seconds)
     loop_name, run = event_loop(allow_uvloop=not args.no_uvloop)
-    started = time.monotonic()
-    host = machine()  # before any load, so its load average is the background
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-events-") as tmp,
-        children_stopped_on_exit() as children,
-    ):
+    stopwatch = Stopwatch()
+    with workspace("bench-events-") as (tmp, children):
         targets: dict[str, Target] = {}
         if not args.bare_only:
             for name, interval in (("ours", DEFAULT_INTERVAL), ("ours_interval_0.05", FAST_INTERVAL)):
-                workdir = Path(tmp) / name
+                workdir = tmp / name
                 workdir.mkdir()
                 options = _ExtraOptions(children, ["--update-interval", str(interval)])
                 server = start_our_server(options, workdir)  # type: ignore[arg-type]
@@ -614,7 +609,7 @@ def main() -> int:
         targets["bare"] = start_bare_broadcast(children, args.batch)
         results = run(bench(args, targets))
     signal.alarm(0)
-    emit(
+    stopwatch.emit(
         {
             "bench": "events_fanout",
             "repeat": args.repeat,
@@ -624,16 +619,10 @@ def main() -> int:
             "delay_job": {"lines": DELAY_LINES, "every_ms": DELAY_EVERY_SECONDS * 1e3},
             "client_loop": loop_name,
             **results,
-            "machine": host,
-            "elapsed_s": round(time.monotonic() - started, 1),
         }
     )
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (BenchError, WebSocketError) as error:
-        log(f"error: {error}")
-        sys.exit(1)
+    run_main(main, WebSocketError)

@@ -24,7 +24,6 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -35,15 +34,15 @@ from _common import (
     PASSWORD,
     USERNAME,
     BenchError,
+    Stopwatch,
     base_arguments,
-    check_base_arguments,
-    children_stopped_on_exit,
     cpu_seconds,
-    emit,
     log,
-    machine,
+    parse_base_arguments,
+    run_main,
     start_our_server,
     summarize,
+    workspace,
 )
 from _wsclient import WebSocketClient, WebSocketError
 
@@ -214,17 +213,15 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=1000, help="idle WebSocket clients in the second case")
     parser.add_argument("--no-in-process", action="store_true",
                         help="skip the measurement of the spawn path alone (bench/_spawn_rate.py)")
-    args = parser.parse_args()
-    check_base_arguments(parser, args)
+    args = parse_base_arguments(parser)
     if not 1 <= args.idle <= 5000:
         parser.error("--idle must be in [1, 5000]")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < args.idle + 256:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.idle + 1024), hard))
-    started = time.monotonic()
-    host = machine()
-    with tempfile.TemporaryDirectory(prefix="bench-jobs-") as tmp, children_stopped_on_exit() as children:
-        server = start_our_server(children, Path(tmp))
+    stopwatch = Stopwatch()
+    with workspace("bench-jobs-") as (tmp, children):
+        server = start_our_server(children, tmp)
         results = asyncio.run(bench(args, server.ws_port, server.process.pid))
     in_process: dict[str, Any] = {}
     if not args.no_in_process:
@@ -235,7 +232,7 @@ def main() -> int:
             stdout=subprocess.PIPE, check=True, timeout=1800,
         )
         in_process = json.loads(out.stdout.decode().splitlines()[-1])
-    emit(
+    stopwatch.emit(
         {
             "bench": "jobs_rate",
             "program": PROGRAM,
@@ -243,16 +240,10 @@ def main() -> int:
             "repeat": args.repeat,
             "results": results,
             "in_process": in_process,
-            "machine": host,
-            "elapsed_s": round(time.monotonic() - started, 1),
         }
     )
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (BenchError, WebSocketError) as error:
-        log(f"error: {error}")
-        sys.exit(1)
+    run_main(main, WebSocketError)

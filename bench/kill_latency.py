@@ -18,10 +18,7 @@ import asyncio
 import json
 import os
 import signal
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from _common import (
@@ -29,12 +26,12 @@ from _common import (
     PASSWORD,
     USERNAME,
     BenchError,
-    children_stopped_on_exit,
-    emit,
+    Stopwatch,
     log,
-    machine,
     percentile,
+    run_main,
     start_our_server,
+    workspace,
 )
 from _wsclient import WebSocketClient, WebSocketError
 
@@ -127,29 +124,22 @@ def main() -> int:
     args = parser.parse_args()
     if not 10 <= args.kills <= 10000:
         parser.error("--kills must be in [10, 10000]")
-    started = time.monotonic()
-    host = machine()
+    stopwatch = Stopwatch()
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-kill-") as tmp, children_stopped_on_exit() as children:
-        server = start_our_server(children, Path(tmp))
+    with workspace("bench-kill-") as (tmp, children):
+        server = start_our_server(children, tmp)
         results["raw"] = summary(raw(args.kills))
         log(f"raw: {results['raw']}")
         for name, command in JOBS.items():
             results[name] = summary(asyncio.run(ours(server.ws_port, command, args.kills)))
             log(f"{name}: {results[name]}")
-    emit({
+    stopwatch.emit({
         "bench": "kill_latency",
         "kills": args.kills,
         "results": results,
-        "machine": host,
-        "elapsed_s": round(time.monotonic() - started, 1),
     })
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (BenchError, WebSocketError) as error:
-        log(f"error: {error}")
-        sys.exit(1)
+    run_main(main, WebSocketError)

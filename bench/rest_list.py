@@ -16,9 +16,6 @@ import json
 import resource
 import shutil
 import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 from _common import (
@@ -26,17 +23,17 @@ from _common import (
     PASSWORD,
     USERNAME,
     BenchError,
+    Stopwatch,
     Target,
     base_arguments,
-    check_base_arguments,
-    children_stopped_on_exit,
     compare,
     cpu_seconds,
-    emit,
     log,
-    machine,
+    parse_base_arguments,
+    run_main,
     start_bare_server,
     start_our_server,
+    workspace,
 )
 
 PATH = "/rpc/dispatcher"
@@ -155,18 +152,12 @@ def wrk_version(wrk: str) -> str:
 
 def main() -> int:
     parser = base_arguments(__doc__.split("\n\n")[0])
-    args = parser.parse_args()
-    check_base_arguments(parser, args)
+    args = parse_base_arguments(parser)
     wrk = shutil.which("wrk")
     if wrk is None:
         raise BenchError("wrk not found on PATH: install it (apt-get install wrk)")
-    started = time.monotonic()
-    host = machine()  # before any load, so its load average is the background
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-rest-") as tmp,
-        children_stopped_on_exit() as children,
-    ):
-        workdir = Path(tmp)
+    stopwatch = Stopwatch()
+    with workspace("bench-rest-") as (workdir, children):
         targets = []
         body = DEFAULT_REPLY
         if not args.bare_only:
@@ -199,7 +190,7 @@ def main() -> int:
                 for target in order:
                     samples[connections][target.name].append(run_wrk(wrk, script, target, connections, args.seconds))
 
-    emit(
+    stopwatch.emit(
         {
             "bench": "rest_list",
             "seconds": args.seconds,
@@ -207,16 +198,10 @@ def main() -> int:
             "reply_bytes": len(body),
             "wrk": wrk_version(wrk),
             "results": {str(c): compare(runs) for c, runs in samples.items()},
-            "machine": host,
-            "elapsed_s": round(time.monotonic() - started, 1),
         }
     )
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as error:
-        log(f"error: {error}")
-        sys.exit(1)
+    run_main(main)

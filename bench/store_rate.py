@@ -41,12 +41,12 @@ from _common import (
     USERNAME,
     BenchError,
     base_arguments,
-    check_base_arguments,
     children_stopped_on_exit,
     emit,
     free_port,
     log,
     machine,
+    parse_base_arguments,
     percentile,
     summarize,
     wait_for_port,
@@ -252,8 +252,7 @@ async def history_queries(port: int, last_id: str) -> dict[str, dict[str, Any]]:
 
 def main() -> int:
     parser = base_arguments(__doc__.split("\n\n")[0])
-    args = parser.parse_args()
-    check_base_arguments(parser, args)
+    args = parse_base_arguments(parser)
     host = machine()
     result: dict[str, Any] = {"bench": "store_rate", "seconds": args.seconds, "repeat": args.repeat}
     with tempfile.TemporaryDirectory(prefix="bench-store-", dir=os.environ.get("BENCH_DIR")) as tmp:

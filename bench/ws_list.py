@@ -16,11 +16,8 @@ import argparse
 import asyncio
 import collections
 import json
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any, TypeVar
 
 from _common import (
@@ -28,18 +25,18 @@ from _common import (
     PASSWORD,
     USERNAME,
     BenchError,
+    Stopwatch,
     Target,
     base_arguments,
-    check_base_arguments,
-    children_stopped_on_exit,
     compare,
     cpu_seconds,
-    emit,
     log,
-    machine,
+    parse_base_arguments,
     percentile,
+    run_main,
     start_bare_server,
     start_our_server,
+    workspace,
 )
 from _wsclient import WebSocketClient, WebSocketError
 
@@ -236,21 +233,16 @@ def main() -> int:
         action="store_true",
         help="drive the client with asyncio's own loop even if uvloop is installed",
     )
-    args = parser.parse_args()
-    check_base_arguments(parser, args)
+    args = parse_base_arguments(parser)
     if not 1 <= args.depth <= 10000:
         parser.error("--depth must be in [1, 10000]")
     loop_name, run = event_loop(allow_uvloop=not args.no_uvloop)
-    started = time.monotonic()
-    host = machine()  # before any load, so its load average is the background
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-ws-") as tmp,
-        children_stopped_on_exit() as children,
-    ):
+    stopwatch = Stopwatch()
+    with workspace("bench-ws-") as (tmp, children):
         targets = []
         prefix, suffix = DEFAULT_PREFIX, DEFAULT_SUFFIX
         if not args.bare_only:
-            ours = start_our_server(children, Path(tmp))
+            ours = start_our_server(children, tmp)
             prefix, suffix = run(probe(ours.ws_port))
             targets.append(Target("ours", ours.process.pid, ours.ws_port))
         bare_process, bare_port = start_bare_server(children, "autobahn", ["--prefix", prefix, "--suffix", suffix])
@@ -258,7 +250,7 @@ def main() -> int:
             raise BenchError("the bare server's reply differs from ours")
         targets.append(Target("bare", bare_process.pid, bare_port))
         samples = run(bench(args, targets))
-    emit(
+    stopwatch.emit(
         {
             "bench": "ws_list",
             "seconds": args.seconds,
@@ -267,16 +259,10 @@ def main() -> int:
             "client_loop": loop_name,
             "reply_bytes": len(f"{prefix}{json.dumps('1')}{suffix}".encode()),
             "results": {mode: compare(runs) for mode, runs in samples.items()},
-            "machine": host,
-            "elapsed_s": round(time.monotonic() - started, 1),
         }
     )
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (BenchError, WebSocketError) as error:
-        log(f"error: {error}")
-        sys.exit(1)
+    run_main(main, WebSocketError)

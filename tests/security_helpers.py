@@ -125,8 +125,7 @@ class SyncClock(Clock):
         f(*args, **kwargs)
 
 
-def cheap_hash(password: str) -> str:
+def cheap_hash(password: str, salt: bytes = b"0123456789abcdef") -> str:
     """A hash in ``hash_password``'s format with tiny scrypt costs, so tests stay fast."""
-    salt = b"0123456789abcdef"
     digest = hashlib.scrypt(password.encode(), salt=salt, n=2, r=1, p=1, dklen=32)
     return f"scrypt$2$1$1${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from security_helpers import SyncClock, cheap_hash
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import reactor
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from sysadm_dispatch import auth
@@ -56,42 +56,6 @@ PASSWORD = "correct horse battery staple"
 def real_hash() -> str:
     """One real (slow on purpose) hash, shared by the tests that need one."""
     return hash_password(PASSWORD)
-
-
-def cheap_hash(password: str, salt: bytes = b"0123456789abcdef") -> str:
-    """A hash in ``hash_password``'s format with tiny scrypt costs, so tests stay fast."""
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=2, r=1, p=1, dklen=32)
-    return f"scrypt$2$1$1${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-class SyncThreadPool:
-    """Runs work at once, on the calling thread, and counts how often it was asked."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def callInThreadWithCallback(self, onResult: Any, func: Any, *args: Any, **kwargs: Any) -> None:
-        self.calls += 1
-        try:
-            result = func(*args, **kwargs)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
-
-
-class ThreadlessClock(Clock):
-    """A ``Clock`` that also offers a thread pool, run synchronously."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pool = SyncThreadPool()
-
-    def getThreadPool(self) -> SyncThreadPool:
-        return self.pool
-
-    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
-        f(*args, **kwargs)
 
 
 def mode(path: Any) -> int:
@@ -385,7 +349,7 @@ class TokenStoreTests(SynchronousTestCase):
 
 class AuthenticatorTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.clock = ThreadlessClock()
+        self.clock = SyncClock()
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)
         self.path = os.path.join(directory, "users")

@@ -15,39 +15,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 from collections.abc import Callable
 from typing import Any
 
 import pytest_twisted
 import treq
-from conftest import PYTHON, WSClient, poll, python_env, with_timeout
+from conftest import WSClient, poll, python_env, with_timeout
+from twistd_helpers import free_port, spawn_twistd, wait_port
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
 from twisted.web.client import HTTPConnectionPool
 
 ensure = pytest_twisted.ensureDeferred
-
-TWISTD = ["-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Output(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: Deferred[Any] = Deferred()
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        self.output += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value)
 
 
 class Twistd:
@@ -56,24 +35,16 @@ class Twistd:
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
         self.ws_port, self.rest_port = free_port(), free_port()
-        self.proto = _Output()
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.clients: list[WSClient] = []
         self.password = ""
         args = ["sysadm-dispatch", "--state-dir", state_dir, "--kill-grace", "1",
                 "--ws", f"tcp:{self.ws_port}:interface=127.0.0.1",
                 "--rest", f"tcp:{self.rest_port}:interface=127.0.0.1"]
-        self.process = reactor.spawnProcess(self.proto, PYTHON, [PYTHON, *TWISTD, "-n", "--pidfile=", *args],
-                                            env=python_env(), path=state_dir)
+        self.process, self.proto = spawn_twistd(args, python_env(), state_dir)
 
     async def ready(self) -> Twistd:
-        def up() -> bool:
-            if self.proto.ended.called:
-                raise AssertionError(f"twistd exited early:\n{self.log}")
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", self.rest_port)) == 0
-
-        await poll(up, 30, 0.02)
+        await wait_port(self.rest_port, self.proto, 0.02)
         with open(os.path.join(self.state_dir, "admin-password")) as f:
             self.password = f.read().strip()
         return self

@@ -10,8 +10,6 @@ offers a "thread pool" that runs them at once, so every reply is ready when
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import shutil
@@ -19,8 +17,7 @@ import socket
 import tempfile
 from typing import Any
 
-from twisted.internet.task import Clock
-from twisted.python.failure import Failure
+from security_helpers import SyncClock, cheap_hash
 from twisted.trial.unittest import SynchronousTestCase
 
 from sysadm_dispatch.auth import FULL, READ, Authenticator, UserEntry, UsersFileChecker, write_users
@@ -28,33 +25,6 @@ from sysadm_dispatch.dispatcher import Dispatcher
 from sysadm_dispatch.rpc import MAX_DEPTH, PUBLIC, Router, RPCError, Session, decode_json, error_reply, reply
 
 TTL = 900
-
-
-def cheap_hash(password: str) -> str:
-    """A hash in the users file's format with tiny scrypt costs."""
-    salt = b"0123456789abcdef"
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=2, r=1, p=1, dklen=32)
-    return f"scrypt$2$1$1${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-class SyncThreadPool:
-    def callInThreadWithCallback(self, onResult: Any, func: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            result = func(*args, **kwargs)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
-
-
-class ThreadlessClock(Clock):
-    """A ``Clock`` that also offers a thread pool, run synchronously."""
-
-    def getThreadPool(self) -> SyncThreadPool:
-        return SyncThreadPool()
-
-    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
-        f(*args, **kwargs)
 
 
 class FakeEvents:
@@ -116,7 +86,7 @@ class RouterTestCase(SynchronousTestCase):
     """A router with a users file holding a full and a read user."""
 
     def setUp(self) -> None:
-        self.clock = ThreadlessClock()
+        self.clock = SyncClock()
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)
         path = os.path.join(directory, "users")

@@ -7,55 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 from typing import Any
 
 import pytest_twisted
 import treq
-from conftest import PYTHON, WSClient, pid_alive, poll, python_env, with_timeout
+from conftest import WSClient, pid_alive, poll, python_env, with_timeout
+from twistd_helpers import free_port, spawn_twistd, wait_port
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
 from twisted.web.client import HTTPConnectionPool
 
 ensure = pytest_twisted.ensureDeferred
-
-TWISTD = ["-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Collect(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: Deferred[Any] = Deferred()
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        self.output += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value)
-
-
-def spawn_twistd(args: list[str], env: dict[str, str], cwd: str) -> tuple[Any, _Collect]:
-    proto = _Collect()
-    process = reactor.spawnProcess(proto, PYTHON, [PYTHON, *TWISTD, "-n", "--pidfile=", *args], env=env, path=cwd)
-    return process, proto
-
-
-async def wait_port(port: int, proto: _Collect) -> None:
-    def up() -> bool:
-        if proto.ended.called:
-            raise AssertionError(f"twistd exited early:\n{proto.output.decode(errors='replace')}")
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    await poll(up, 30, 0.05)
 
 
 @ensure
