@@ -13,15 +13,16 @@ import json
 from typing import Any, cast
 
 from klein import Klein
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import NotFound
 
-from .auth import LoginFailed
+from .auth import LoginFailed, User
 from .guard import AddressBlocked, client_address, peer_host
-from .rpc import PUBLIC, Router, RPCError, Session, error_reply
+from .rpc import PUBLIC, Router, RPCError, Session, error_reply, settled
 
 log = Logger()
 
@@ -117,7 +118,6 @@ class RestAPI:
         return self._answer(request, error_reply(namespace, "", RPCError(code, detail)))
 
     @app.route("/<string:namespace>/<string:name>", methods=None)
-    @inlineCallbacks
     def rpc(self, request: Any, namespace: str, name: str) -> Any:
         session = Session(peer=self._client_address(request))
         try:
@@ -149,15 +149,29 @@ class RestAPI:
                     request_id = body["id"]
             else:
                 args = body
+        refusal_namespace = namespace if namespace == "events" else "rpc"
+
+        def refused(f: Failure) -> bytes:
+            f.trap(RPCError)
+            return self._answer(request, error_reply(refusal_namespace, "", cast(RPCError, f.value)))
+
+        def respond(_: object = None) -> Any:
+            d = self.router.handle_request(session, namespace, name, request_id, args)
+            return d.addCallback(lambda envelope: self._answer(request, envelope))
+
         if (namespace, name) not in PUBLIC:
             try:
-                yield self._authenticate(request, session)
+                waiting = self._authenticate(request, session)
             except RPCError as e:
-                return self._answer(request, error_reply(namespace if namespace == "events" else "rpc", "", e))
+                return self._answer(request, error_reply(refusal_namespace, "", e))
+            if waiting is not None:
+                return waiting.addCallbacks(respond, refused)
         elif (namespace, name) == ("rpc", "auth_clear"):
             self._bearer(request, session)
-        envelope = yield self.router.handle_request(session, namespace, name, request_id, args)
-        return self._answer(request, envelope)
+        # Most requests are answered at once: no Deferred for Klein to wait on.
+        d = respond()
+        done, body = settled(d)
+        return body if done else d
 
     def _bearer(self, request: Any, session: Session) -> None:
         header = _header(request, b"authorization")
@@ -165,8 +179,12 @@ class RestAPI:
         if scheme.lower() == "bearer" and value.strip():
             session.token = value.strip()
 
-    @inlineCallbacks
-    def _authenticate(self, request: Any, session: Session) -> Any:
+    def _authenticate(self, request: Any, session: Session) -> Deferred[None] | None:
+        """
+        Check the request's credentials: ``None`` when that is settled at once
+        (a token, or cached Basic credentials), else a Deferred.  Raises or
+        fails with ``RPCError``.
+        """
         header = _header(request, b"authorization")
         if not header:
             raise RPCError(401, "credentials missing: send Authorization: Basic or Bearer")
@@ -175,7 +193,7 @@ class RestAPI:
         value = value.strip()
         if scheme == "bearer" and value:
             session.token = value
-            return
+            return None
         if scheme != "basic":
             raise RPCError(401, f"unsupported authorization scheme {scheme[:32]!r}: use Basic or Bearer")
         try:
@@ -185,13 +203,19 @@ class RestAPI:
         username, sep, password = decoded.partition(":")
         if not sep:
             raise RPCError(401, "malformed Basic credentials: expected user:password")
-        try:
-            session.user = yield self.router.auth.login_cached(username, password, session.peer)
-        except AddressBlocked as e:
-            raise RPCError(403, str(e)) from None
-        except LoginFailed:
+
+        def ok(user: User) -> None:
+            session.user = user
+
+        def failed(f: Failure) -> None:
+            if f.check(AddressBlocked):
+                raise RPCError(403, str(f.value))
+            f.trap(LoginFailed)
             log.info("failed login for {username!r} from {peer}", username=username[:64], peer=session.peer)
-            raise RPCError(401, "bad username or password") from None
+            raise RPCError(401, "bad username or password")
+
+        d = self.router.auth.login_cached(username, password, session.peer).addCallbacks(ok, failed)
+        return None if settled(d)[0] else d
 
     @app.handle_errors(NotFound)
     def not_found(self, request: Any, failure: Any) -> bytes:

@@ -118,6 +118,17 @@ def _reject_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
+def settled(d: Deferred[Any]) -> tuple[bool, Any]:
+    """
+    ``(True, result)`` when ``d`` has fired with a plain result: not a
+    failure, and not waiting on another Deferred.  Lets a transport answer
+    at once what was answered at once.
+    """
+    if d.called and not d.paused and not isinstance(d.result, Failure | Deferred):
+        return True, d.result
+    return False, None
+
+
 def reply(namespace: str, request_id: str, args: Any) -> dict[str, Any]:
     return {"namespace": namespace, "name": "response", "id": request_id, "args": args}
 

@@ -8,19 +8,18 @@ from __future__ import annotations
 import json
 import struct
 from collections import deque
-from typing import Any, cast
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .events import Event, EventHub, Subscription
 from .guard import CLOSE_NORMAL, ConnectionCounter, SessionTimer, client_address, peer_host
-from .rpc import Router, RPCError, Session, error_reply
+from .rpc import Router, RPCError, Session, error_reply, settled
 
 log = Logger()
 
@@ -217,10 +216,9 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         self._reply_when(self.factory.router.handle_bytes(self.session, payload))
 
     def _reply_when(self, d: Deferred[dict[str, Any] | None]) -> None:
-        if not self._replies and d.called and not isinstance(d.result, Failure | Deferred):
+        done, reply = settled(d)
+        if done and not self._replies:
             # Answered at once, and nothing before it is waiting: send now.
-            # (A fired Deferred whose callback returned a Deferred holds that one, not a reply.)
-            reply = cast("dict[str, Any] | None", d.result)
             if reply is not None:
                 self._queue_out(text_frame(_encode(reply)))
             return
