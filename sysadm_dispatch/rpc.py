@@ -67,6 +67,9 @@ class Session:
     token: str | None = None
     events: Subscriber | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Logins under way on this session: requests that follow one on the
+    #: same connection must wait for it, to run as the user it logs in.
+    logging_in: int = 0
 
 
 def _check_shape(value: Any, max_depth: int, max_string: int | None) -> None:
@@ -292,6 +295,7 @@ class Router:
         username, password = args.get("username"), args.get("password")
         if not isinstance(username, str) or not isinstance(password, str):
             raise RPCError(400, "auth: username and password must be strings")
+        session.logging_in += 1
         try:
             user = yield self.auth.login(username, password, session.peer)
         except AddressBlocked as e:
@@ -299,6 +303,8 @@ class Router:
         except LoginFailed:
             log.info("failed login for {username!r} from {peer}", username=username[:64], peer=session.peer)
             raise RPCError(401, "bad username or password") from None
+        finally:
+            session.logging_in -= 1
         if session.token is not None:
             self.auth.revoke_token(session.token)
         session.user = user

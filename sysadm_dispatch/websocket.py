@@ -24,6 +24,8 @@ from .rpc import Router, RPCError, Session, error_reply, settled
 log = Logger()
 
 CLOSE_POLICY_VIOLATION = 1008
+#: Requests that may wait behind a login on one connection.
+MAX_HELD = 1000
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -105,6 +107,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         self.outbox: _Outbox | None = None
         self.session = Session(peer="")
         self._replies: deque[_Slot] = deque()
+        self._held: deque[bytes] | None = None
         self._subscriptions: dict[str, Subscription] = {}
         self._size = 0
         self._too_big = False
@@ -173,6 +176,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
             subscription.cancel()
         self._subscriptions.clear()
         self._replies.clear()
+        self._held = None
 
     # Messages, with the size limit applied while they arrive so an
     # oversized one is never held in memory whole.
@@ -213,7 +217,29 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         self._reply_when(_fired(error_reply("rpc", "", e)))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self._reply_when(self.factory.router.handle_bytes(self.session, payload))
+        if self._held is not None:
+            # A login is under way: what follows it waits, to run as its user.
+            if len(self._held) >= MAX_HELD:
+                e = RPCError(503, f"more than {MAX_HELD} requests are waiting for a login to finish")
+                self._reply_when(_fired(error_reply("rpc", "", e)))
+            else:
+                self._held.append(payload)
+            return
+        d = self.factory.router.handle_bytes(self.session, payload)
+        self._reply_when(d)
+        if self.session.logging_in and not settled(d)[0]:
+            self._held = deque()
+            d.addBoth(self._release_held)
+
+    def _release_held(self, result: object) -> object:
+        held, self._held = self._held, None
+        while held:
+            self.onMessage(held.popleft(), False)
+            if self._held is not None:
+                # Another login: the rest waits behind that one.
+                self._held.extend(held)
+                break
+        return result
 
     def _reply_when(self, d: Deferred[dict[str, Any] | None]) -> None:
         done, reply = settled(d)

@@ -405,6 +405,29 @@ async def test_websocket_error_codes(server: Server) -> None:
 
 
 @ensure
+async def test_requests_sent_right_after_auth_run_as_the_logged_in_user(server: Server) -> None:
+    # A client may send its login and its first requests without waiting
+    # for the login's reply: they must wait for it, not answer 401.
+    client = await server.ws(login=None)
+    client.send({"namespace": "rpc", "name": "auth", "id": "1",
+                 "args": {"username": "admin", "password": server.admin_password}})
+    client.send({"namespace": "events", "name": "subscribe", "id": "2", "args": ["dispatcher"]})
+    client.send({"namespace": "rpc", "name": "dispatcher", "id": "3", "args": {"action": "run", "piped": "true"}})
+    client.send({"namespace": "rpc", "name": "dispatcher", "id": "4", "args": {"action": "list"}})
+    replies = [await client.next_unmatched() for _ in range(4)]
+    assert [r["id"] for r in replies] == ["1", "2", "3", "4"]
+    assert [r["name"] for r in replies] == ["response"] * 4, replies
+    assert replies[2]["args"] == {"started": ["piped"]}
+    # A failed login does not let what follows it through.
+    other = await server.ws(login=None)
+    other.send({"namespace": "rpc", "name": "auth", "id": "a", "args": {"username": "admin", "password": "wrong"}})
+    other.send({"namespace": "rpc", "name": "dispatcher", "id": "b", "args": {"action": "list"}})
+    first, second = await other.next_unmatched(), await other.next_unmatched()
+    assert (first["id"], first["args"]["code"]) == ("a", 401)
+    assert (second["id"], second["args"]["code"]) == ("b", 401)
+
+
+@ensure
 async def test_websocket_413_keeps_connection_usable(make_server) -> None:
     server = await make_server("--max-message-bytes", "4096")
     client = await server.ws()
