@@ -21,7 +21,7 @@ import ctypes
 import os
 import signal
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -181,6 +181,20 @@ class ProcessTracker:
                 return False
         if not self.subreaper:
             return True
+        for info in self._live_orphans():
+            if info.start < tree.start:
+                continue
+            if tree.members.get(info.pid) == info.start or info.pgrp in tree.groups or info.session in tree.groups:
+                return False
+            if read_marker(info.pid) == tree.token:
+                return False
+        return True
+
+    def _live_orphans(self) -> Iterator[ProcInfo]:
+        """
+        The live processes re-parented to this one (not the ones it spawned
+        itself); zombies among them are reaped on the way.
+        """
         for pid in children_of_self():
             if self._known_child(pid):
                 continue
@@ -190,13 +204,7 @@ class ProcessTracker:
             if info.gone:
                 reap(pid)
                 continue
-            if info.start < tree.start:
-                continue
-            if tree.members.get(pid) == info.start or info.pgrp in tree.groups or info.session in tree.groups:
-                return False
-            if read_marker(pid) == tree.token:
-                return False
-        return True
+            yield info
 
     def signal_groups(self, tree: JobTree, sig: int) -> None:
         """Signal the job's process groups (``SIGTERM`` followed by ``SIGCONT``)."""
@@ -387,15 +395,8 @@ class ProcessTracker:
         """
         out = []
         groups = {pgid for tree in self._trees.values() for pgid in tree.groups}
-        for pid in children_of_self():
-            if self._known_child(pid):
-                continue
-            info = read_stat(pid)
-            if info is None:
-                continue
-            if info.gone:
-                reap(pid)
-            elif info.pgrp not in groups and info.session not in groups and read_marker(pid) not in self._trees:
+        for info in self._live_orphans():
+            if info.pgrp not in groups and info.session not in groups and read_marker(info.pid) not in self._trees:
                 out.append(info)
         return out
 
