@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
-import json
 import os
 import statistics
 import subprocess
@@ -25,9 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    HOST,
-    PASSWORD,
-    USERNAME,
     BenchError,
     Stopwatch,
     log,
@@ -35,7 +31,8 @@ from _common import (
     start_our_server,
     workspace,
 )
-from _wsclient import WebSocketClient, WebSocketError
+from _session import JobSession
+from _wsclient import WebSocketError
 
 CALL_TIMEOUT = 30.0
 READ_SIZE = 1 << 20
@@ -67,50 +64,14 @@ def raw(size: int) -> float:
     return elapsed
 
 
-class Session:
-    def __init__(self, client: WebSocketClient) -> None:
-        self.client = client
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.stash: list[dict[str, Any]] = []
-        client.on_message = lambda payload: self.queue.put_nowait(json.loads(payload))
-
-    @classmethod
-    async def open(cls, port: int) -> Session:
-        session = cls(await WebSocketClient.connect(HOST, port, CALL_TIMEOUT))
-        await session.call("rpc", "auth", {"username": USERNAME, "password": PASSWORD})
-        await session.call("events", "subscribe", ["dispatcher"])
-        return session
-
-    async def call(self, namespace: str, name: str, args: Any) -> dict[str, Any]:
-        self.client.send(json.dumps({"namespace": namespace, "name": name, "id": "c", "args": args}))
-        while True:
-            message = await asyncio.wait_for(self.queue.get(), CALL_TIMEOUT)
-            if message.get("id") == "c":
-                if message["name"] != "response":
-                    raise BenchError(f"{name} failed: {message}")
-                return message
-            self.stash.append(message)
-
-    async def finished(self, job_id: str, timeout: float) -> dict[str, Any]:
-        while True:
-            if self.stash:
-                message = self.stash.pop(0)
-            else:
-                message = await asyncio.wait_for(self.queue.get(), timeout)
-            args = message.get("args", {})
-            if message.get("namespace") == "events" and args.get("process_id") == job_id \
-                    and args.get("state") == "finished":
-                return args
-
-
-async def ours(session: Session, server_pid: int, size: int, number: int) -> dict[str, float]:
+async def ours(session: JobSession, server_pid: int, size: int, number: int) -> dict[str, float]:
     command = f"head -c {size} /dev/zero"
     job_id = f"flood-{number}"
     baseline = rss(server_pid)
     peak = baseline
     started = time.perf_counter()
     await session.call("rpc", "dispatcher", {"action": "run", "jobs": [{"id": job_id, "commands": command}]})
-    waiting = asyncio.ensure_future(session.finished(job_id, 300))
+    waiting = asyncio.ensure_future(session.event(job_id, "finished", 300))
     while not waiting.done():
         peak = max(peak, rss(server_pid))
         await asyncio.wait([waiting], timeout=0.01)
@@ -126,7 +87,7 @@ async def ours(session: Session, server_pid: int, size: int, number: int) -> dic
 
 async def bench(args: argparse.Namespace, port: int, server_pid: int) -> dict[str, Any]:
     size = args.mib << 20
-    session = await Session.open(port)
+    session = await JobSession.open(port, CALL_TIMEOUT)
     samples: dict[str, list[dict[str, float]]] = {"ours": [], "raw": []}
     try:
         await ours(session, server_pid, min(size, 64 << 20), 0)  # warm up
@@ -142,7 +103,7 @@ async def bench(args: argparse.Namespace, port: int, server_pid: int) -> dict[st
                 log(f"{who}: {sample['mb_per_s']:.0f} MB/s" + (
                     f", server RSS +{sample['rss_growth_mib']:.1f} MiB" if "rss_growth_mib" in sample else ""))
     finally:
-        session.client.close()
+        session.close()
     result: dict[str, Any] = {}
     for who, values in samples.items():
         keys = values[0].keys()

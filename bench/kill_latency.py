@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import time
 from typing import Any
 
 from _common import (
-    HOST,
-    PASSWORD,
-    USERNAME,
     BenchError,
     Stopwatch,
     log,
@@ -33,7 +29,8 @@ from _common import (
     start_our_server,
     workspace,
 )
-from _wsclient import WebSocketClient, WebSocketError
+from _session import JobSession
+from _wsclient import WebSocketError
 
 CALL_TIMEOUT = 30.0
 JOBS = {
@@ -42,53 +39,14 @@ JOBS = {
 }
 
 
-class Session:
-    def __init__(self, client: WebSocketClient) -> None:
-        self.client = client
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.number = 0
-        self.stash: list[dict[str, Any]] = []
-        client.on_message = lambda payload: self.queue.put_nowait(json.loads(payload))
-
-    @classmethod
-    async def open(cls, port: int) -> Session:
-        session = cls(await WebSocketClient.connect(HOST, port, CALL_TIMEOUT))
-        await session.call("rpc", "auth", {"username": USERNAME, "password": PASSWORD})
-        await session.call("events", "subscribe", ["dispatcher"])
-        return session
-
-    async def call(self, namespace: str, name: str, args: Any) -> dict[str, Any]:
-        self.number += 1
-        request_id = str(self.number)
-        self.client.send(json.dumps({"namespace": namespace, "name": name, "id": request_id, "args": args}))
-        while True:
-            message = await asyncio.wait_for(self.queue.get(), CALL_TIMEOUT)
-            if message.get("id") == request_id:
-                if message["name"] != "response":
-                    raise BenchError(f"{name} failed: {message}")
-                return message
-            self.stash.append(message)
-
-    async def running(self, job_id: str) -> None:
-        while True:
-            if self.stash:
-                message = self.stash.pop(0)
-            else:
-                message = await asyncio.wait_for(self.queue.get(), CALL_TIMEOUT)
-            args = message.get("args", {})
-            if message.get("namespace") == "events" and args.get("process_id") == job_id \
-                    and args.get("state") == "running":
-                return
-
-
 async def ours(port: int, command: str, kills: int) -> list[float]:
-    session = await Session.open(port)
+    session = await JobSession.open(port, CALL_TIMEOUT)
     latencies = []
     try:
         for number in range(kills):
             job_id = f"k{number}"
             await session.call("rpc", "dispatcher", {"action": "run", "jobs": [{"id": job_id, "commands": command}]})
-            await session.running(job_id)
+            await session.event(job_id, "running")
             await asyncio.sleep(0.02)  # let the command get going (the shell start its grandchild)
             started = time.perf_counter()
             reply = await session.call("rpc", "dispatcher", {"action": "kill", "job_id": job_id})
@@ -96,7 +54,7 @@ async def ours(port: int, command: str, kills: int) -> list[float]:
             if reply["args"]["killed"]["jobs"] != [job_id]:
                 raise BenchError(f"kill did not kill: {reply}")
     finally:
-        session.client.close()
+        session.close()
     return latencies
 
 
