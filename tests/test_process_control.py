@@ -15,7 +15,7 @@ from typing import Any
 import pytest_twisted
 import treq
 from conftest import HERE, PYTHON, Server, pid_alive, poll, python_env, with_timeout
-from test_twistd import free_port, spawn_twistd, wait_port
+from twistd_helpers import ensure_stopped, free_port, spawn_twistd, wait_port
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.protocol import ProcessProtocol
@@ -286,9 +286,7 @@ async def test_sigterm_to_twistd_leaves_no_process_behind(tmp_path) -> None:
         assert b"Traceback" not in proto.output
     finally:
         await pool.closeCachedConnections()
-        if not proto.ended.called:
-            process.signalProcess("KILL")
-            await proto.ended
+        await ensure_stopped(process, proto)
 
 
 # Floods and load.

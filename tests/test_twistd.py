@@ -13,7 +13,7 @@ from typing import Any
 import pytest_twisted
 import treq
 from conftest import WSClient, pid_alive, poll, python_env, with_timeout
-from twistd_helpers import free_port, spawn_twistd, wait_port
+from twistd_helpers import ensure_stopped, free_port, spawn_twistd, wait_port
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
@@ -71,9 +71,7 @@ async def test_first_run_defaults_and_clean_shutdown(tmp_path: Any) -> None:
         assert b"Traceback" not in proto.output
     finally:
         await pool.closeCachedConnections()
-        if not proto.ended.called:
-            process.signalProcess("KILL")
-            await proto.ended
+        await ensure_stopped(process, proto)
 
 
 @ensure

@@ -53,3 +53,10 @@ async def wait_port(port: int, proto: TwistdOutput, interval: float = 0.05) -> N
             return s.connect_ex(("127.0.0.1", port)) == 0
 
     await poll(up, 30, interval)
+
+
+async def ensure_stopped(process: Any, proto: TwistdOutput) -> None:
+    """At the end of a test, however it ended: a twistd still running is killed and waited for."""
+    if not proto.ended.called:
+        process.signalProcess("KILL")
+        await proto.ended
