@@ -5,6 +5,10 @@ subscribed to ``dispatcher`` events keeps 1, 8 or 64 ``/bin/true`` jobs in
 flight: each ``finished`` event sends the next ``run`` request.  In the same
 run, this process measures the raw rate of ``os.posix_spawn`` + ``waitpid``
 of ``/bin/true`` at the same depths, and the ratio ours/raw is reported.
+The same client also drives the bare job server of ``bare_servers.py jobs``
+(Twisted and Autobahn, spawning with a pipe and a pidfd, one ``finished``
+event per job, nothing else): the floor of a job server on this stack,
+reported as bare/raw and ours/bare.
 Everything is measured twice: with no other client, and with 1,000 idle
 WebSocket clients connected (logged in, silent), since a server that looks
 at every open descriptor per spawn slows down with connections.  Then
@@ -40,6 +44,7 @@ from _common import (
     log,
     parse_base_arguments,
     run_main,
+    start_bare_server,
     start_our_server,
     summarize,
     workspace,
@@ -72,13 +77,14 @@ async def login(port: int) -> tuple[WebSocketClient, str]:
     return client, reply["args"][0]
 
 
-async def idle_clients(port: int, token: str, count: int) -> list[WebSocketClient]:
-    """``count`` connections, each logged in with the token, then left silent."""
+async def idle_clients(port: int, token: str | None, count: int) -> list[WebSocketClient]:
+    """``count`` connections, each logged in with the token (if any), then left silent."""
     clients: list[WebSocketClient] = []
 
     async def one() -> None:
         client = await WebSocketClient.connect(HOST, port, CALL_TIMEOUT)
-        await call(client, {"namespace": "rpc", "name": "auth_token", "id": "t", "args": {"token": token}})
+        if token is not None:
+            await call(client, {"namespace": "rpc", "name": "auth_token", "id": "t", "args": {"token": token}})
         client.on_message = lambda payload: None
         clients.append(client)
 
@@ -139,7 +145,7 @@ class JobDriver:
             self.done.set_result(None)
 
 
-async def ours(client: WebSocketClient, server_pid: int, depth: int, seconds: float, tag: str) -> dict[str, float]:
+async def served(client: WebSocketClient, server_pid: int, depth: int, seconds: float, tag: str) -> dict[str, float]:
     cpu = cpu_seconds(server_pid)
     started = time.perf_counter()
     driver = JobDriver(client, tag, depth, started + seconds)
@@ -170,41 +176,47 @@ def raw(depth: int, seconds: float) -> dict[str, float]:
     return {"jobs_per_s": done / (time.perf_counter() - started)}
 
 
-async def bench(args: Any, port: int, server_pid: int) -> dict[str, Any]:
+async def bench(args: Any, port: int, server_pid: int, bare_port: int, bare_pid: int) -> dict[str, Any]:
     client, token = await login(port)
     await call(client, {"namespace": "events", "name": "subscribe", "id": "s", "args": ["dispatcher"]})
+    bare_client = await WebSocketClient.connect(HOST, bare_port, CALL_TIMEOUT)
+    clients = {"ours": (client, server_pid), "bare": (bare_client, bare_pid)}
     results: dict[str, Any] = {}
     idle: list[WebSocketClient] = []
     try:
         for case in ("no_idle_clients", f"{args.idle}_idle_clients"):
             if case != "no_idle_clients":
                 idle = await idle_clients(port, token, args.idle)
-                log(f"{len(idle)} idle clients connected")
+                idle += await idle_clients(bare_port, None, args.idle)
+                log(f"{args.idle} idle clients connected to each server")
             if args.warmup:
-                await ours(client, server_pid, 8, args.warmup, f"warm-{case}")
-            samples: dict[int, dict[str, list[dict[str, float]]]] = {d: {"ours": [], "raw": []} for d in DEPTHS}
+                for who in ("ours", "bare"):
+                    await served(*clients[who], 8, args.warmup, f"warm-{who}-{case}")
+            whos = ("ours", "bare", "raw")
+            samples: dict[int, dict[str, list[dict[str, float]]]] = {d: {who: [] for who in whos} for d in DEPTHS}
             for repeat in range(args.repeat):
                 for depth in DEPTHS:
-                    order = ("ours", "raw") if repeat % 2 == 0 else ("raw", "ours")
-                    for who in order:
-                        if who == "ours":
-                            sample = await ours(client, server_pid, depth, args.seconds, f"{case}-{repeat}-{depth}")
-                        else:
+                    for who in whos[repeat % 3:] + whos[: repeat % 3]:
+                        if who == "raw":
                             sample = raw(depth, args.seconds)
+                        else:
+                            sample = await served(*clients[who], depth, args.seconds, f"{who}-{case}-{repeat}-{depth}")
                         samples[depth][who].append(sample)
                         log(f"{case} depth {depth} {who}: {sample['jobs_per_s']:.0f} jobs/s")
             entry: dict[str, Any] = {}
             for depth, runs in samples.items():
                 summary = {who: summarize(values) for who, values in runs.items()}
-                summary["ratio"] = round(
-                    summary["ours"]["median"]["jobs_per_s"] / summary["raw"]["median"]["jobs_per_s"], 4
-                )
+                rate = {who: summary[who]["median"]["jobs_per_s"] for who in whos}
+                summary["ratio"] = round(rate["ours"] / rate["raw"], 4)
+                summary["bare_ratio"] = round(rate["bare"] / rate["raw"], 4)
+                summary["ours_to_bare"] = round(rate["ours"] / rate["bare"], 4)
                 entry[f"depth_{depth}"] = summary
             results[case] = entry
     finally:
         for idle_client in idle:
             idle_client.close()
         client.close()
+        bare_client.close()
     return results
 
 
@@ -222,7 +234,8 @@ def main() -> int:
     stopwatch = Stopwatch()
     with workspace("bench-jobs-") as (tmp, children):
         server = start_our_server(children, tmp)
-        results = asyncio.run(bench(args, server.ws_port, server.process.pid))
+        bare, bare_port = start_bare_server(children, "jobs", [])
+        results = asyncio.run(bench(args, server.ws_port, server.process.pid, bare_port, bare.pid))
     in_process: dict[str, Any] = {}
     if not args.no_in_process:
         log("the spawn path alone, in one process (bench/_spawn_rate.py)")
