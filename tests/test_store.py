@@ -27,6 +27,7 @@ from twisted.internet.task import Clock
 
 from sysadm_dispatch import Dispatcher, HistoryPruner, Store, Unavailable
 from sysadm_dispatch import dispatcher as dispatcher_module
+from sysadm_dispatch import store as store_module
 from sysadm_dispatch.job import DEFAULT_QUEUES, InvalidJob, JobSpec, specs_from_run_args
 from sysadm_dispatch.store import MIGRATIONS, SCHEMA_VERSION, StoreError, migrate, open_database
 
@@ -113,6 +114,58 @@ async def test_requests_waiting_together_share_one_commit(path: str) -> None:
     await store.close()
     store, opened = await open_store(path)
     assert [j.spec.id for j in opened.jobs] == [f"j{i}" for i in range(200)]
+    await store.close()
+
+
+@ensure
+async def test_finished_records_share_one_commit_within_the_delay(path: str) -> None:
+    state: dict[str, Any] = {}
+    store, _ = await open_store(path, connect=faulty(state))
+    await store.add([(spec(f"f{i}"), float(i), float(i)) for i in range(50)])
+    before = state["commits"]
+    started = reactor.seconds()
+    ds = [store.finish(record(f"f{i}", success="true"), 100.0 + i) for i in range(50)]
+    for d in ds:
+        await with_timeout(d)
+    # Nothing else asked for a write or a read: they waited for the delay, then one commit.
+    assert reactor.seconds() - started >= store_module.FINISH_DELAY * 0.9
+    assert state["commits"] - before == 1
+    await store.close()
+    store, opened = await open_store(path)
+    assert opened.jobs == []
+    assert await store.latest("f49") == record("f49", success="true")
+    await store.close()
+
+
+@ensure
+async def test_waiting_finished_records_are_written_before_a_read_or_the_same_id(path: str) -> None:
+    store, _ = await open_store(path)
+    await store.add([(spec("x"), 1.0, 1.0), (spec("y"), 1.0, 1.0)])
+    store.finish(record("x", success="true"), 2.0)
+    # A read right away sees the record (it is written first).
+    page, truncated = await with_timeout(store.history(0.0, 10.0, 10))
+    assert [r["process_id"] for _, r in page] == ["x"] and not truncated
+    # A new job with the id of one whose end waits: the end is written
+    # first, so it cannot delete the new job's row.
+    store.finish(record("y", success="true"), 3.0)
+    await with_timeout(store.add([(spec("y", "echo again"), 4.0, None)]))
+    await store.close()
+    store, opened = await open_store(path)
+    assert [(j.spec.id, j.spec.commands) for j in opened.jobs] == [("y", ("echo again",))]
+    assert await store.latest("y") == record("y", success="true")
+    await store.close()
+
+
+@ensure
+async def test_closing_writes_the_waiting_finished_records(path: str) -> None:
+    store, _ = await open_store(path)
+    await store.add([(spec("z"), 1.0, 1.0)])
+    d = store.finish(record("z", success="false"), 2.0)
+    await with_timeout(store.close())
+    assert d.called
+    store, opened = await open_store(path)
+    assert opened.jobs == []
+    assert await store.latest("z") == record("z", success="false")
     await store.close()
 
 
