@@ -568,3 +568,20 @@ async def test_stop_kills_running_jobs(make_server, tmp_path) -> None:
     await server.stop()
     assert not pid_alive(pid)
     assert os.path.exists(server.options["users"])
+
+
+@ensure
+async def test_the_log_names_who_ran_what_and_only_the_jobs_that_failed(server: Server) -> None:
+    from security_helpers import captured_log
+    from twisted.logger import formatEvent
+
+    with captured_log() as events:
+        await server.run({"jobs": [{"id": "fine", "commands": "true"}, {"id": "broken", "commands": "false"}]})
+        await server.wait_finished("fine")
+        await server.wait_finished("broken")
+    lines = [formatEvent(event) for event in events]
+    queued = [line for line in lines if "queued" in line]
+    assert len(queued) == 1 and "fine" in queued[0] and "broken" in queued[0], lines
+    ended = [line for line in lines if "did not succeed" in line]
+    assert len(ended) == 1 and "broken" in ended[0] and "return_codes=[1]" in ended[0], lines
+    assert not any("fine" in line for line in lines if line not in queued), lines
