@@ -97,11 +97,8 @@ def children_of_self() -> list[int]:
     re-parented and where the reactor thread spawns.
     """
     pid = os.getpid()
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
-            return [int(word) for word in f.read().split()]
-    except OSError:
-        return []
+    data = _read_all(f"/proc/{pid}/task/{pid}/children")
+    return [int(word) for word in data.split()] if data else []
 
 
 def _read_all(path: str) -> bytes | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import uuid
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sysadm_dispatch import job as job_module
 from sysadm_dispatch.job import (
     DEFAULT_QUEUES,
     FINISHED,
@@ -31,6 +33,7 @@ from sysadm_dispatch.job import (
     make_job_id,
     positions,
     specs_from_run_args,
+    split_words,
 )
 
 QUEUES = tuple(DEFAULT_QUEUES)
@@ -543,3 +546,36 @@ def test_positions_unnumbered() -> None:
     jobs = [make_job(job_id=f"j{i}", queue=NO_QUEUE) for i in range(3)]
     jobs[0].start(T0)
     assert positions(jobs, numbered=False) == [(jobs[0], None), (jobs[1], None), (jobs[2], None)]
+
+
+# Splitting and time formatting, the quick ways.
+
+_SHELL_TEXT = st.text(alphabet=st.sampled_from(list("ab=$*#|;&~ \t\r\n\x0b\x0c\x1c\x85\xa0\u2003'\"\\")), max_size=16)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_SHELL_TEXT)
+def test_split_words_is_shlex_split(command: str) -> None:
+    try:
+        expected: Any = shlex.split(command)
+    except ValueError:
+        expected = ValueError
+    try:
+        got: Any = split_words(command)
+    except ValueError:
+        got = ValueError
+    assert got == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(min_value=0, max_value=4_000_000_000, allow_nan=False))
+def test_iso_time_is_the_local_second_with_its_offset(t: float) -> None:
+    expected = datetime.fromtimestamp(int(t)).astimezone().isoformat(timespec="seconds")
+    assert iso_time(t) == expected
+    assert iso_time(t) == expected  # and again, from what it keeps
+
+
+def test_iso_time_keeps_only_a_few_seconds() -> None:
+    for second in range(1000):
+        iso_time(float(second))
+    assert 0 < len(job_module._iso_seconds) <= job_module._ISO_CACHE
