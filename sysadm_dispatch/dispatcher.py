@@ -410,7 +410,8 @@ class Dispatcher(Service):
             d.callback(record)
 
     def _publish(self, job: Job) -> None:
-        self.events.publish("dispatcher", job.record())
+        if self.events.subscriber_count("dispatcher"):  # a record costs more than the check
+            self.events.publish("dispatcher", job.record())
 
     # Looking and killing.
 
