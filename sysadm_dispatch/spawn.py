@@ -50,9 +50,12 @@ ENV = shutil.which("env") or "/usr/bin/env"
 
 #: Bytes asked for per read of a command's output.
 READ_SIZE = 1 << 20
-#: Capacity asked for a command's output pipe (the kernel default is 64 KiB,
-#: which caps every read at that and costs a wakeup per 64 KiB of a flood).
+#: Capacity asked for a command's output pipe once it has filled the kernel's
+#: default 64 KiB (which caps every read at that and costs a wakeup per
+#: 64 KiB of a flood); most commands never fill it, and never pay for more.
 PIPE_SIZE = 1 << 20
+#: A read this big means the pipe was full.
+_DEFAULT_PIPE_SIZE = 1 << 16
 
 #: Every signal a child may have a disposition for: all are reset to their
 #: defaults in the child, whatever this process ignores or handles.
@@ -146,10 +149,6 @@ def open_output_pipe() -> tuple[int, int]:
             raise SpawnError(f"cannot create a pipe for its output ({e.strerror})") from None
         os.close(write_fd)
         write_fd = moved
-    try:
-        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        pass  # over the user's pipe quota: the default size works too
     os.set_blocking(read_fd, False)
     return read_fd, write_fd
 
@@ -221,6 +220,7 @@ class OutputReader(abstract.FileDescriptor):
         self.fd = fd
         self.on_data = on_data
         self.on_closed = on_closed
+        self._grown = False
         self.startReading()
 
     @property
@@ -241,8 +241,18 @@ class OutputReader(abstract.FileDescriptor):
             return CONNECTION_LOST
         if not data:
             return CONNECTION_DONE
+        if len(data) >= _DEFAULT_PIPE_SIZE and not self._grown:
+            self._grow()
         self.on_data(data)
         return None
+
+    def _grow(self) -> None:
+        """The command fills its pipe: give it room for ``PIPE_SIZE`` bytes between reads."""
+        self._grown = True
+        try:
+            fcntl.fcntl(self.fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # over the user's pipe quota: the default size works too
 
     def drain(self) -> bool:
         """

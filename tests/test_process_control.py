@@ -7,6 +7,7 @@ that cannot start.  What is promised is in docs/processes.rst.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -463,3 +464,34 @@ async def test_without_pidfds_exits_are_noticed_through_sigchld(server: Server, 
     await server.rest({"action": "kill", "job_id": "killed"})
     assert not pid_alive(pid)
 
+
+
+def test_output_pipe_grows_only_for_a_command_that_fills_it() -> None:
+    from twisted.internet.task import Clock
+
+    from sysadm_dispatch.spawn import PIPE_SIZE, OutputReader, open_output_pipe
+
+    class Reactor(Clock):
+        def addReader(self, reader: object) -> None:
+            pass
+
+        def removeReader(self, reader: object) -> None:
+            pass
+
+        def removeWriter(self, writer: object) -> None:
+            pass
+
+    sizes = {}
+    for name, amount in (("quiet", 100), ("flood", 1 << 16)):
+        read_fd, write_fd = open_output_pipe()
+        got: list[bytes] = []
+        reader = OutputReader(Reactor(), read_fd, got.append, lambda: None)
+        try:
+            os.write(write_fd, b"x" * amount)
+            reader.doRead()
+            assert b"".join(got) == b"x" * amount
+            sizes[name] = fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ)
+        finally:
+            os.close(write_fd)
+            reader.close()
+    assert sizes == {"quiet": 1 << 16, "flood": PIPE_SIZE}
