@@ -133,7 +133,7 @@ class Dispatcher(Service):
                 raise InvalidJob(f"job {spec.id!r}: unknown queue {spec.queue!r}")
             if spec.cwd is not None and not os.path.isdir(spec.cwd):
                 raise InvalidJob(f"job {spec.id!r}: cwd {spec.cwd!r} is not an existing directory")
-        pending = sum(1 for job in self.jobs.values() if job.state == PENDING) + len(self._reserved)
+        pending = sum(queue.pending_count() for queue in self.queues.values()) + len(self._reserved)
         if pending + len(specs) > self.max_pending:
             raise Unavailable(f"the dispatcher already holds {pending} pending jobs (limit {self.max_pending})")
         if self._stopping:
@@ -350,6 +350,7 @@ class Dispatcher(Service):
 
     def _start(self, job: Job) -> None:
         job.start(self.reactor.seconds())
+        self.queues[job.queue].started(job)
         if job.timeout is None and self.job_timeout:
             job.timeout = self.job_timeout
         runner = self.runner_factory(

@@ -37,6 +37,7 @@ def start_all(queue: Queue) -> list[str]:
     started = queue.startable()
     for j in started:
         j.start(T0)
+        queue.started(j)
     return ids(started)
 
 
@@ -133,6 +134,7 @@ def test_iteration_lists_running_jobs_before_pending_ones() -> None:
     queue = Queue("q", 2)
     a, b, c = fill(queue, "a", "b", "c")
     c.start(T0)
+    queue.started(c)
     assert ids(list(queue)) == ["c", "a", "b"]
     assert numbering(queue) == [("c", "0"), ("a", "1"), ("b", "2")]
     assert ids(queue.startable()) == ["a"]
@@ -161,3 +163,30 @@ def test_add_and_remove_track_length() -> None:
     queue.remove(a)
     assert len(queue) == 1 and ids(list(queue)) == ["b"]
     assert b.state != FINISHED
+
+
+def test_a_long_queue_costs_no_more_per_start_than_a_short_one() -> None:
+    # What may start is found without walking the pending jobs: the queue
+    # keeps running and pending jobs apart (a scan of each would show here
+    # as thousands of reads of job states).
+    queue = Queue("pkg_queue", 1)
+    jobs = fill(queue, *(f"j{i}" for i in range(5000)))
+    reads = 0
+
+    class Counting(Job):
+        @property
+        def state(self) -> str:
+            nonlocal reads
+            reads += 1
+            return self.__dict__["state"]
+
+        @state.setter
+        def state(self, value: str) -> None:
+            self.__dict__["state"] = value
+
+    for j in jobs:
+        j.__class__ = Counting
+        j.__dict__["state"] = "pending"
+    assert start_all(queue) == ["j0"]
+    assert queue.startable() == [] and queue.pending_count() == 4999 and queue.running_count() == 1
+    assert reads < 10
