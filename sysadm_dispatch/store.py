@@ -329,6 +329,11 @@ class Store:
         waiters = [d for _, d in batch]
 
         def written(result: object) -> None:
+            if isinstance(result, Failure) and not result.check(StoreError) and len(batch) > 1:
+                # A bad record (a bug) must not fail the others: each on its own.
+                for row, d in batch:
+                    self._submit(self._finish, ([row],), write=True, flush=False).chainDeferred(d)
+                return
             for d in waiters:
                 if isinstance(result, Failure):
                     d.errback(result)

@@ -138,6 +138,21 @@ async def test_finished_records_share_one_commit_within_the_delay(path: str) -> 
 
 
 @ensure
+async def test_a_bad_finished_record_does_not_fail_the_others_written_with_it(path: str) -> None:
+    store, _ = await open_store(path)
+    await store.add([(spec(f"g{i}"), 1.0, 1.0) for i in range(3)])
+    good = [store.finish(record(f"g{i}", success="true"), 2.0) for i in (0, 2)]
+    bad = store.finish(record("g1", oops={1, 2}), 2.0)  # not JSON: a bug, not a store error
+    for d in good:
+        await with_timeout(d)
+    with pytest.raises(TypeError):
+        await with_timeout(bad)
+    assert await store.latest("g0") == record("g0", success="true")
+    assert await store.latest("g2") == record("g2", success="true")
+    await store.close()
+
+
+@ensure
 async def test_waiting_finished_records_are_written_before_a_read_or_the_same_id(path: str) -> None:
     store, _ = await open_store(path)
     await store.add([(spec("x"), 1.0, 1.0), (spec("y"), 1.0, 1.0)])
