@@ -88,7 +88,7 @@ class Dispatcher(Service):
         self.limits = limits
         self.max_pending = max_pending
         self.environ = dict(os.environ if environ is None else environ)
-        self.events = events if events is not None else EventHub()
+        self.events = events if events is not None else EventHub(reactor=reactor)
         #: At most one ``running`` update per job per this many seconds.
         self.update_interval = update_interval
         self.runner_factory = runner_factory

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .events import Event, EventHub, Subscription
+from .events import Event, EventBatch, EventHub, Subscription
 from .guard import CLOSE_NORMAL, ConnectionCounter, SessionTimer, client_address, peer_host
 from .rpc import Router, RPCError, Session, error_reply, settled
 
@@ -36,6 +36,14 @@ def text_frame(payload: bytes) -> bytes:
     if size < 1 << 16:
         return struct.pack("!BBH", 0x81, 126, size) + payload
     return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
+def _frame(event: Event) -> bytes:
+    """The event as a WebSocket frame, made once whoever else sends it."""
+    frame: bytes | None = event.cache.get("websocket")
+    if frame is None:
+        frame = event.cache["websocket"] = text_frame(event.frame)
+    return frame
 
 
 def _encode(message: dict[str, Any]) -> bytes:
@@ -269,19 +277,19 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
     def subscribe(self, name: str) -> None:
         if name not in self._subscriptions:
-            self._subscriptions[name] = self.factory.events.subscribe(name, self._event)
+            self._subscriptions[name] = self.factory.events.subscribe(name, self._events, batched=True)
 
     def unsubscribe(self, name: str) -> None:
         subscription = self._subscriptions.pop(name, None)
         if subscription is not None:
             subscription.cancel()
 
-    def _event(self, event: Event) -> None:
-        frame = event.cache.get("websocket")
-        if frame is None:
-            # Encoded and framed once, for every subscriber.
-            frame = event.cache["websocket"] = text_frame(event.frame)
-        self._queue_out(frame)
+    def _events(self, batch: EventBatch) -> None:
+        frames = batch.cache.get("websocket")
+        if frames is None:
+            # Encoded and framed once, for every subscriber: one write each.
+            frames = batch.cache["websocket"] = b"".join(_frame(event) for event in batch.events)
+        self._queue_out(frames)
 
     # Writing, through the outbox.
 

@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 
 from sysadm_dispatch.dispatcher import Dispatcher
+from sysadm_dispatch.events import EventHub
 from sysadm_dispatch.job import Job
 
 ensure = pytest_twisted.ensureDeferred
@@ -305,3 +306,90 @@ def test_text_frames_follow_rfc6455_lengths() -> None:
     assert text_frame(b"x" * 126)[:4] == b"\x81\x7e\x00\x7e"
     assert text_frame(b"x" * 65536)[:10] == b"\x81\x7f" + (65536).to_bytes(8, "big")
     assert len(text_frame(b"x" * 65536)) == 65546
+
+
+# The hub: direct and batched subscribers.
+
+
+def test_batched_subscribers_get_each_turn_s_events_at_once_in_order() -> None:
+    clock = Clock()
+    hub = EventHub(reactor=clock)
+    direct: list[str] = []
+    batches: list[list[str]] = []
+    hub.subscribe("dispatcher", lambda e: direct.append(e.args["n"]))
+    hub.subscribe("dispatcher", lambda b: batches.append([e.args["n"] for e in b.events]), batched=True)
+    for n in ("a", "b", "c"):
+        hub.publish("dispatcher", {"n": n})
+    assert direct == ["a", "b", "c"] and batches == []
+    clock.advance(0)
+    assert batches == [["a", "b", "c"]]
+    hub.publish("dispatcher", {"n": "d"})
+    clock.advance(0)
+    assert batches == [["a", "b", "c"], ["d"]]
+    clock.advance(0)
+    assert len(batches) == 2  # nothing published, nothing sent
+
+
+def test_a_batched_subscriber_gets_only_what_was_published_after_it_subscribed() -> None:
+    clock = Clock()
+    hub = EventHub(reactor=clock)
+    early: list[list[str]] = []
+    late: list[list[str]] = []
+    gone: list[Any] = []
+    hub.subscribe("dispatcher", lambda b: early.append([e.args["n"] for e in b.events]), batched=True)
+    cancelled = hub.subscribe("dispatcher", gone.append, batched=True)
+    hub.publish("dispatcher", {"n": "before"})
+    hub.subscribe("dispatcher", lambda b: late.append([e.args["n"] for e in b.events]), batched=True)
+    hub.publish("dispatcher", {"n": "after"})
+    cancelled.cancel()
+    assert hub.subscriber_count("dispatcher") == 2
+    clock.advance(0)
+    assert early == [["before", "after"]] and late == [["after"]] and gone == []
+
+
+def test_a_failing_batched_subscriber_does_not_keep_events_from_the_others() -> None:
+    clock = Clock()
+    hub = EventHub(reactor=clock)
+    got: list[int] = []
+
+    def broken(batch: Any) -> None:
+        raise RuntimeError("subscriber bug")
+
+    hub.subscribe("dispatcher", broken, batched=True)
+    hub.subscribe("dispatcher", lambda b: got.append(len(b.events)), batched=True)
+    errors: list[Any] = []
+    globalLogPublisher.addObserver(errors.append)
+    try:
+        hub.publish("dispatcher", {"n": 1})
+        clock.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(errors.append)
+    assert got == [1]
+    assert any("subscriber bug" in str(e.get("log_failure", "")) for e in errors)
+
+
+@ensure
+async def test_a_burst_reaches_each_websocket_subscriber_as_one_write_per_turn(server: Server) -> None:
+    clients = [await server.ws() for _ in range(3)]
+    for client in clients:
+        await client.call("subscribe", ["dispatcher"], namespace="events")
+    writes: list[int] = []
+    protocols = [s.callback.__self__ for s in server.dispatcher.events._batched["dispatcher"].values()]
+    assert len(protocols) == 3
+    for protocol in protocols:
+        original = protocol.transport.write
+
+        def counting(data: bytes, original: Any = original) -> None:
+            writes.append(len(data))
+            original(data)
+
+        protocol.transport.write = counting
+    jobs = [{"id": f"burst-{i}", "commands": "sleep 30"} for i in range(40)]
+    await server.run({"jobs": jobs})
+    for client in clients:
+        for _ in range(80):  # pending and running of each job, in order per job
+            event = (await client.next_event())["args"]
+            assert event["state"] in ("pending", "running")
+    # 80 events each, in far fewer writes than events (one per reactor turn).
+    assert 3 <= len(writes) < 3 * 80 / 4, writes
+    await server.rest({"action": "kill", "job_id": [j["id"] for j in jobs]})
