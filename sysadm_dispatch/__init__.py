@@ -15,6 +15,7 @@ _EXPORTS = {
     "Dispatcher": "dispatcher",
     "Unavailable": "dispatcher",
     "Event": "events",
+    "EventBatch": "events",
     "InvalidJob": "job",
     "Store": "store",
     "StoreError": "store",
