@@ -7,6 +7,7 @@ them on request, and publishes what happens to each job as events.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -42,6 +43,10 @@ class Unavailable(Exception):
 
 #: Seconds between attempts to record a job's start while the store cannot write.
 START_RETRY_SECONDS = 1.0
+#: Jobs started in one go: the rest of a big run start on the next turns of
+#: the reactor, so that other requests are answered in between (starting a
+#: thousand jobs takes about half a second).
+STARTS_PER_TURN = 32
 
 
 class Dispatcher(Service):
@@ -107,7 +112,13 @@ class Dispatcher(Service):
         # than by a user; store writes not yet done.
         self._reserved: dict[str, Job] = {}
         self._promised: set[str] = set()
-        self._recording_start: set[str] = set()
+        #: Jobs whose queue slot is taken but that do not run yet: their
+        #: start is being recorded, or they wait their turn to start.
+        self._starting_jobs: set[Job] = set()
+        self._to_start: deque[Job] = deque()
+        self._start_call: Any = None
+        self._start_budget = STARTS_PER_TURN
+        self._draining = False
         self._interrupting: set[str] = set()
         self._writes: set[Deferred[None]] = set()
         self._recovered = store is None
@@ -197,9 +208,8 @@ class Dispatcher(Service):
         # Counted from the few running and starting jobs, not by walking
         # queues that may hold thousands of pending ones.
         active = {name: 0 for name in self.queues}
-        for job_id in (*self._runners, *self._recording_start):
-            job = self.jobs.get(job_id)
-            if job is not None:
+        for job in (*(self.jobs.get(job_id) for job_id in self._runners), *self._starting_jobs):
+            if job is not None and self.jobs.get(job.id) is job:
                 active[job.queue] += 1
         # Queues where a job waits already, queued or still being recorded.
         blocked = {name for name, queue in self.queues.items() if len(queue) > active[name]}
@@ -225,12 +235,11 @@ class Dispatcher(Service):
             if job.id not in promised:
                 continue
             if self._stopping:
-                # Recorded as started, but it will not start now.
-                assert self.store is not None
-                self._track(self.store.mark_pending(job.id)).addErrback(self._log_store_error, job.id)
+                self._keep_pending(job)
             else:
-                self._start(job)
+                self._queue_start(job)
         self._start_ready()
+        self._drain_starts()
 
     def run(
         self,
@@ -303,12 +312,13 @@ class Dispatcher(Service):
                 progress = False
                 for queue in self.queues.values():
                     for job in queue.startable():
-                        if job.id in self._recording_start:
+                        if job in self._starting_jobs:
                             continue
                         progress = True
                         self._begin(job)
         finally:
             self._starting = False
+        self._drain_starts()
 
     def _begin(self, job: Job) -> None:
         """
@@ -317,22 +327,22 @@ class Dispatcher(Service):
         """
         store = self.store
         if store is None:
-            self._start(job)
+            self._queue_start(job)
             return
-        self._recording_start.add(job.id)
+        self._starting_jobs.add(job)
 
         def recorded(_: object) -> None:
-            self._recording_start.discard(job.id)
+            self._starting_jobs.discard(job)
             if self.jobs.get(job.id) is not job or job.state != PENDING:
                 return  # killed meanwhile; its end is recorded after this
             if self._stopping:
-                # Stays pending for the next start.
-                self._track(store.mark_pending(job.id)).addErrback(self._log_store_error, job.id)
+                self._keep_pending(job)
                 return
-            self._start(job)
+            self._queue_start(job)
+            self._drain_starts()
 
         def not_recorded(f: Failure) -> None:
-            self._recording_start.discard(job.id)
+            self._starting_jobs.discard(job)
             if not f.check(StoreError):
                 log.failure("bug while starting job {job_id}", f, job_id=job.id)
                 return
@@ -347,6 +357,48 @@ class Dispatcher(Service):
     def _retry_starts(self) -> None:
         self._start_retry = None
         self._start_ready()
+
+    def _queue_start(self, job: Job) -> None:
+        """``job`` may start (its start is recorded, with a store): it starts in its turn."""
+        self._starting_jobs.add(job)
+        self._to_start.append(job)
+
+    def _drain_starts(self) -> None:
+        """
+        Start the waiting jobs, at most ``STARTS_PER_TURN`` while a backlog
+        lasts; the others on the next turns.  (When stopping, none starts:
+        every waiting one is pending again.)
+        """
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._to_start and (self._start_budget > 0 or self._stopping):
+                job = self._to_start.popleft()
+                self._starting_jobs.discard(job)
+                if self.jobs.get(job.id) is not job or job.state != PENDING:
+                    continue  # killed while it waited
+                if self._stopping:
+                    self._keep_pending(job)
+                    continue
+                self._start(job)
+                self._start_budget -= 1
+        finally:
+            self._draining = False
+        if not self._to_start:
+            self._start_budget = STARTS_PER_TURN
+        elif self._start_call is None:
+            self._start_call = self.reactor.callLater(0, self._next_starts)
+
+    def _next_starts(self) -> None:
+        self._start_call = None
+        self._start_budget = STARTS_PER_TURN
+        self._drain_starts()
+
+    def _keep_pending(self, job: Job) -> None:
+        """A job recorded as started will not start now (the server stops): pending again in the store."""
+        if self.store is not None:
+            self._track(self.store.mark_pending(job.id)).addErrback(self._log_store_error, job.id)
 
     def _start(self, job: Job) -> None:
         job.start(self.reactor.seconds())
@@ -468,6 +520,10 @@ class Dispatcher(Service):
         if self._start_retry is not None and self._start_retry.active():
             self._start_retry.cancel()
         self._start_retry = None
+        if self._start_call is not None and self._start_call.active():
+            self._start_call.cancel()
+        self._start_call = None
+        self._drain_starts()  # none starts now: those waiting are pending again
         running = [job for job in self.jobs.values() if job.state != PENDING and job.state != FINISHED]
         self._interrupting.update(job.id for job in running if not (job.killed or job.timed_out))
         if running:

@@ -393,3 +393,24 @@ async def test_a_burst_reaches_each_websocket_subscriber_as_one_write_per_turn(s
     # 80 events each, in far fewer writes than events (one per reactor turn).
     assert 3 <= len(writes) < 3 * 80 / 4, writes
     await server.rest({"action": "kill", "job_id": [j["id"] for j in jobs]})
+
+
+def test_a_big_run_starts_a_slice_per_reactor_turn_and_a_waiting_job_can_be_killed() -> None:
+    from sysadm_dispatch.dispatcher import STARTS_PER_TURN
+
+    clock = Clock()
+    dispatcher = Dispatcher(clock, runner_factory=_FakeRunner)
+    states: list[tuple[str, str]] = []
+    dispatcher.events.subscribe("dispatcher", lambda e: states.append((e.args["process_id"], e.args["state"])))
+    _FakeRunner.made.clear()
+    ids = [f"s{i:03d}" for i in range(STARTS_PER_TURN * 2 + 5)]
+    dispatcher.submit(dispatcher.parse_run({"action": "run", "jobs": [{"id": i, "commands": "cmd"} for i in ids]}))
+    assert [r.job.id for r in _FakeRunner.made] == ids[:STARTS_PER_TURN]
+    assert dispatcher.jobs[ids[-1]].state == "pending"
+    dispatcher.kill([ids[-1]])  # waiting its turn: it never starts
+    assert len(_FakeRunner.made) == STARTS_PER_TURN  # the kill starts nothing more this turn
+    clock.advance(0)  # (a Clock runs the following turns' calls at once too)
+    assert [r.job.id for r in _FakeRunner.made] == ids[:-1]
+    assert not clock.getDelayedCalls()
+    assert (ids[-1], "running") not in states and states.count((ids[-1], "finished")) == 1
+    assert [s for s in states if s[1] == "running"] == [(i, "running") for i in ids[:-1]]

@@ -538,3 +538,23 @@ async def test_looking_and_killing_right_after_a_start_see_the_recovered_jobs(pa
         assert (await with_timeout(dispatcher.last_record("waiting")))["killed"] is True
     finally:
         await with_timeout(dispatcher.stopService())
+
+
+@ensure
+async def test_a_big_run_starts_in_slices_and_a_stop_keeps_the_waiting_ones_pending(path: str) -> None:
+    dispatcher = await start(path)
+    per_turn = dispatcher_module.STARTS_PER_TURN
+    jobs = [{"id": f"big{i:03d}", "commands": "sleep 30"} for i in range(per_turn * 3)]
+    await with_timeout(dispatcher.submit(dispatcher.parse_run({"action": "run", "jobs": jobs})))
+    # The reply came once all were recorded; only the first slice runs yet.
+    running = [job_id for job_id, job in dispatcher.jobs.items() if job.state == "running"]
+    assert running == [f"big{i:03d}" for i in range(per_turn)]
+    # Stopping now: the running slice is interrupted, the others never start
+    # and are pending again for the next start (they were recorded as started).
+    await with_timeout(dispatcher.stopService())
+    store, opened = await open_store(path)
+    assert [j.spec.id for j in opened.jobs] == [f"big{i:03d}" for i in range(per_turn, per_turn * 3)]
+    assert all(j.time_started is None for j in opened.jobs)
+    first = await store.latest("big000")
+    assert first["interrupted"] is True
+    await store.close()
