@@ -147,7 +147,8 @@ def jobs_factory(reactor: Any) -> WebSocketServerFactory:
     class BareJobs(WebSocketServerProtocol):
         def connectionMade(self) -> None:
             # As ours does: an event written after a reply must not wait for a delayed ACK.
-            self.transport.setTcpNoDelay(True)
+            transport: Any = self.transport
+            transport.setTcpNoDelay(True)
             super().connectionMade()
 
         def onMessage(self, payload: bytes, isBinary: bool) -> None:
