@@ -238,8 +238,7 @@ class Dispatcher(Service):
                 self._keep_pending(job)
             else:
                 self._queue_start(job)
-        self._start_ready()
-        self._drain_starts()
+        self._start_ready()  # which starts what is queued, too
 
     def run(
         self,

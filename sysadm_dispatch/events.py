@@ -52,10 +52,6 @@ class EventBatch:
         self.cache: dict[str, Any] = {}
 
 
-Subscriber = Callable[[Event], None]
-BatchSubscriber = Callable[[EventBatch], None]
-
-
 class Subscription:
     def __init__(self, hub: EventHub, name: str, callback: Callable[[Any], None], batched: bool,
                  after: int) -> None:

@@ -255,7 +255,6 @@ class Store:
         self._closed = False
         #: Finished records not yet handed to the writer thread (see ``finish``).
         self._finishes: list[tuple[tuple[str, float, dict[str, Any]], Deferred[None]]] = []
-        self._finishing: set[str] = set()
         self._flush_call: Any = None
 
     def prepare(self) -> str | None:
@@ -288,10 +287,9 @@ class Store:
     def add(self, jobs: Sequence[tuple[JobSpec, float, float | None]]) -> Deferred[None]:
         """Record accepted jobs in this order: ``(spec, time queued, time started or None)``."""
         rows = [(spec.id, spec_to_json(spec), queued, started) for spec, queued, started in jobs]
-        if self._finishing.isdisjoint(row[0] for row in rows):
-            # Other jobs' ends may still wait: their rows are not these.
-            return self._submit(self._add, (rows,), write=True, flush=False)
-        return self._submit(self._add, (rows,), write=True)
+        # Other jobs' waiting ends may stay waiting; an end of one of these goes first.
+        ending = {job_id for (job_id, _, _), _ in self._finishes}
+        return self._submit(self._add, (rows,), write=True, flush=not ending.isdisjoint(row[0] for row in rows))
 
     def mark_started(self, job_id: str, now: float) -> Deferred[None]:
         return self._submit(self._mark, (job_id, now), write=True)
@@ -308,9 +306,7 @@ class Store:
         if self._closed:
             return fail(StoreError("the job store is closed"))
         d: Deferred[None] = Deferred()
-        job_id = record["process_id"]
-        self._finishes.append(((job_id, time_finished, record), d))
-        self._finishing.add(job_id)
+        self._finishes.append(((record["process_id"], time_finished, record), d))
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(FINISH_DELAY, self._flush)
         return d
@@ -324,7 +320,6 @@ class Store:
         if not self._finishes:
             return
         batch, self._finishes = self._finishes, []
-        self._finishing.clear()
         rows = [row for row, _ in batch]
         waiters = [d for _, d in batch]
 
