@@ -155,7 +155,8 @@ class OutputTracker:
                     self.printed[index] = self.printed.get(index, "") + text
                     pieces.append(Piece(text, index))
             if isinstance(current, str) and current in self.commands:
-                pieces += self._header(self._running_index(details))
+                once = self.commands.count(current) == 1
+                pieces += self._header(self.commands.index(current) if once else self._running_index(details))
         elif state == "finished":
             for index in self._indexes(details):
                 if index < self.attached_at:
@@ -175,9 +176,13 @@ class OutputTracker:
         if final.startswith(printed):
             return final[len(printed):]
         # Attached late, or the server cut a long log in its middle: what
-        # follows the last thing printed.
-        at = final.rfind(printed[-256:])
-        return final[at + len(printed[-256:]):] if at >= 0 else ""
+        # follows the end of what was printed.
+        for size in (256, 64, 16):
+            anchor = printed[-size:]
+            at = final.rfind(anchor)
+            if at >= 0:
+                return final[at + len(anchor):]
+        return ""
 
 
 def env_pairs(pairs: list[str]) -> dict[str, str]:

@@ -148,7 +148,7 @@ class Session:
         signal.signal(signal.SIGINT, handler)
 
     def default_interrupt(self) -> None:
-        self.fail(ClientError(INTERRUPTED, "interrupted"))
+        self.fail(ClientError(INTERRUPTED, ""))
 
     def finish(self, code: int) -> None:
         if not self.finished.called:
@@ -160,7 +160,7 @@ class Session:
         if isinstance(error, Failure):
             error = error.value or Exception("unknown failure")
         if isinstance(error, ClientError):
-            if error.message and error.code != INTERRUPTED:
+            if error.message:
                 self.output.err(f"sysadm-dispatch: {error.message}")
             self.finished.callback(error.code)
         else:
