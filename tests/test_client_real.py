@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from client_helpers import client, client_env, start_client
-from conftest import Server, deferLater, python_env, start_server
+from conftest import Server, deferLater, poll, python_env, start_server
 from twistd_helpers import ensure_stopped, free_port, spawn_twistd, wait_port
 from twisted.internet import reactor
 
@@ -412,3 +412,20 @@ async def test_wss_with_cafile(make_server: Any, home: str, tmp_path: Any) -> No
     insecure = await client(["list", "--insecure"], env)
     assert insecure.exit_code == 0, insecure.err
     assert "not verified" in insecure.err
+
+
+@ensure
+async def test_kill_while_following_after_the_token_lapsed(make_server: Any, home: str) -> None:
+    # A long follow only listens; its token expires meanwhile, and the kill
+    # that Ctrl-C asks for logs in again.
+    server = await make_server("--token-ttl", "1")
+    run = start_client(["run", "--kill-on-interrupt", "--id", "lapsed", "sh -c 'echo started; exec sleep 60'"],
+                       env_for(server, home))
+    try:
+        await run.wait_for("started\n")
+        tokens = server.router.auth.tokens
+        await poll(lambda: all(t.expires <= reactor.seconds() for t in tokens._tokens.values()), 10)
+        run.signal("INT")
+        assert await run.finish() == 143, run.err
+    finally:
+        run.kill_if_running()

@@ -387,3 +387,13 @@ def test_console_script_imports_no_server_module() -> None:
     loaded = set(result.stdout.split())
     assert loaded == {"sysadm_dispatch", "sysadm_dispatch.cli", "sysadm_dispatch.client", "sysadm_dispatch.client.main"}
     assert "twisted" not in result.stdout
+
+
+def test_zsh_completion_registers(tmp_path: Any) -> None:
+    if shutil.which("zsh") is None:
+        pytest.skip("zsh is not installed")
+    path = tmp_path / "_sysadm-dispatch"
+    path.write_text(script(cli.parser(), "zsh"))
+    program = f"autoload -U compinit; compinit -u -d {tmp_path}/zcompdump; source {path}; print $_comps[sysadm-dispatch]"
+    result = subprocess.run(["zsh", "-f", "-c", program], capture_output=True, text=True, env={"HOME": str(tmp_path)})
+    assert result.stdout.strip() == "_sysadm_dispatch", result.stderr

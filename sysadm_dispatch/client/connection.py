@@ -104,6 +104,8 @@ class WebSocketConnection:
         self._timer: Any = None
         self._closing = False
         self._n = 0
+        #: The ``auth`` arguments, once logged in, to log in again with.
+        self.login: dict[str, str] | None = None
 
     # Wiring from the protocol.
 
@@ -152,6 +154,22 @@ class WebSocketConnection:
     # Connection.
 
     def call(self, name: str, args: Any, namespace: str = "rpc") -> Deferred[Any]:
+        if self.login is None or name == "auth":
+            return self._send(name, args, namespace)
+        return Deferred.fromCoroutine(self._call_logged_in(name, args, namespace))
+
+    async def _call_logged_in(self, name: str, args: Any, namespace: str) -> Any:
+        try:
+            return await self._send(name, args, namespace)
+        except RemoteError as e:
+            if e.status != 401 or self.login is None:
+                raise
+        # The token lapsed while the connection only listened (a long
+        # follow): log in again and ask once more.
+        await self._send("auth", self.login)
+        return await self._send(name, args, namespace)
+
+    def _send(self, name: str, args: Any, namespace: str = "rpc") -> Deferred[Any]:
         if self.protocol is None or self._ended:
             raise ConnectionDropped(self.lost_reason or "not connected")
         self._n += 1
@@ -245,11 +263,13 @@ async def connect(reactor: Any, target: Target) -> WebSocketConnection:
     except Exception as e:
         raise ClientError(UNAVAILABLE, f"cannot connect to {target.url}: {_reason_text(e)}") from None
     await connection._opened
+    login = {"username": target.user, "password": target.password}
     try:
-        await connection.call("auth", {"username": target.user, "password": target.password})
+        await connection.call("auth", login)
     except RemoteError as e:
         await connection.close()
         raise ClientError(NO_PERMISSION, f"login as {target.user} refused: {e.detail or e.message}") from None
     except ConnectionDropped as e:
         raise ClientError(UNAVAILABLE, f"the server closed the connection at login: {e.reason}") from None
+    connection.login = login
     return connection

@@ -127,7 +127,7 @@ def prompt_password(message: str) -> str:
 
     try:
         return getpass.getpass(message)
-    except (EOFError, KeyboardInterrupt):
+    except EOFError:
         sys.stderr.write("\n")
         return ""
 
