@@ -164,13 +164,17 @@ async def test_detach_prints_a_generated_readable_id(server: Server, home: str) 
 
 
 @ensure
-async def test_follow_a_running_job_says_from_now_on(server: Server, home: str) -> None:
-    env = env_for(server, home)
-    await server.run({"tail": "sh -c 'echo early; sleep 1; echo late'"})
+async def test_follow_a_running_job_says_from_now_on(server: Server, home: str, tmp_path: Any) -> None:
+    go = tmp_path / "go"
+    await server.run({"tail": f"sh -c 'echo early; while [ ! -e {go} ]; do sleep 0.02; done; echo late'"})
     await wait_running(server, "tail")
-    following = await client(["follow", "tail"], env)
-    assert following.exit_code == 0
-    assert "from now on" in following.err
+    following = start_client(["follow", "tail"], env_for(server, home))
+    try:
+        await following.wait_for("from now on", stream="stderr")
+        go.write_text("")
+        assert await following.finish() == 0, following.err
+    finally:
+        following.kill_if_running()
     assert following.out.endswith("late\n")
 
 

@@ -397,3 +397,30 @@ def test_zsh_completion_registers(tmp_path: Any) -> None:
     program = f"autoload -U compinit; compinit -u -d {tmp_path}/zcompdump; source {path}; print $_comps[sysadm-dispatch]"
     result = subprocess.run(["zsh", "-f", "-c", program], capture_output=True, text=True, env={"HOME": str(tmp_path)})
     assert result.stdout.strip() == "_sysadm_dispatch", result.stderr
+
+
+def test_record_lines_finished_and_still_running() -> None:
+    finished = record([0, 2], killed_by="alice", submitted_by="bob")
+    finished.update(process_id="j", queue="no_queue")
+    finished["process_details"].update(cmd0="hello\n", cmd1="", time_started="2026-01-02T03:04:05+00:00",
+                                       time_finished="2026-01-02T03:04:07+00:00")
+    lines = format.record_lines(finished)
+    assert "outcome   failed (exit code 2)" in lines
+    assert "duration  2.0s" in lines
+    assert "by        bob" in lines and "killed by alice" in lines
+    assert lines[lines.index("$ cmd0  (exit 0)") + 1] == "hello"
+    assert "$ cmd1  (exit 2)" in lines
+    running = {"state": "running", "process_id": "r", "process_details": {"cmd_list": ["a", "b"], "a": "x\n"}}
+    lines = format.record_lines(running)
+    assert "outcome   running" in lines
+    assert "$ b  (not run)" in lines
+
+
+def test_event_lines() -> None:
+    args = record([0])
+    args.update(process_id="j", queue="q")
+    assert format.event_lines(args, "one\ntwo\n", "12:00:00", colour=False) == [
+        "12:00:00  j  finished  q  ok exit=0", "    one", "    two"]
+    running = {"state": "running", "process_id": "j", "queue": "q", "process_details": {"current_cmd": "sleep 5"}}
+    assert format.event_lines(running, "", "12:00:01", colour=True) == [
+        "12:00:01  j  \x1b[32mrunning\x1b[0m  q  sleep 5"]

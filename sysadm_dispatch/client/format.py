@@ -20,6 +20,7 @@ COLOURS = {
     "killed": "35",       # magenta
     "timed-out": "35",
     "interrupted": "35",
+    "header": "1",        # bold
 }
 
 
@@ -181,7 +182,8 @@ def record_lines(record: Mapping[str, Any]) -> list[str]:
     lines = [
         f"job       {record.get('process_id', '?')}",
         f"queue     {record.get('queue', '-')}",
-        f"outcome   {outcome(record)} (exit code {exit_code(record)})",
+        f"outcome   {outcome(record)}" + (f" (exit code {exit_code(record)})" if record.get("state", "finished")
+                                             == "finished" else ""),
         f"started   {details.get('time_started', '-')}",
         f"finished  {details.get('time_finished', '-')}",
         f"duration  {human_duration(duration) if duration is not None else '-'}",

@@ -70,7 +70,9 @@ def exit_code(record: Mapping[str, Any]) -> int:
 
 
 def outcome(record: Mapping[str, Any]) -> str:
-    """One word for how a finished job ended."""
+    """One word for how a finished job ended (or its state, for a job not finished yet)."""
+    if record.get("state") in ("pending", "running"):
+        return str(record["state"])
     if record.get("timed_out"):
         return "timed-out"
     if record.get("killed"):
