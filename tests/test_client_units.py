@@ -424,3 +424,55 @@ def test_event_lines() -> None:
     running = {"state": "running", "process_id": "j", "queue": "q", "process_details": {"current_cmd": "sleep 5"}}
     assert format.event_lines(running, "", "12:00:01", colour=True) == [
         "12:00:01  j  \x1b[32mrunning\x1b[0m  q  sleep 5"]
+
+
+def test_endpoint_url_gets_the_default_port() -> None:
+    from twisted.internet.testing import MemoryReactor
+
+    from sysadm_dispatch.client.connection import endpoint_for
+
+    for url, expected in [("ws://example.org", "ws://example.org:12150/"), ("ws://[::1]:99/x", "ws://[::1]:99/x"),
+                          ("wss://h:443", "wss://h:443/")]:
+        _, full = endpoint_for(MemoryReactor(), config.Target(url, "u", "p", insecure=True))
+        assert full == expected
+
+
+class _ClosedPipe:
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def write(self, data: str) -> int:
+        self.writes += 1
+        raise BrokenPipeError
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise ValueError("no descriptor")
+
+
+def test_output_to_a_closed_pipe_is_not_an_error() -> None:
+    from sysadm_dispatch.client.session import Output
+
+    stdout, stderr = _ClosedPipe(), _ClosedPipe()
+    output = Output(stdout, stderr)  # type: ignore[arg-type]
+    output.line("one")
+    output.line("two")
+    assert output.broken and stdout.writes == 1
+
+
+def test_colour_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sysadm_dispatch.client.session import wants_colour
+
+    class Tty(_ClosedPipe):
+        def isatty(self) -> bool:
+            return True
+
+    assert wants_colour(Tty(), {})  # type: ignore[arg-type]
+    assert not wants_colour(Tty(), {"NO_COLOR": "1"})  # type: ignore[arg-type]
+    assert not wants_colour(Tty(), {"TERM": "dumb"})  # type: ignore[arg-type]
+    assert not wants_colour(_ClosedPipe(), {})  # type: ignore[arg-type]
