@@ -413,6 +413,7 @@ async def test_wss_with_cafile(make_server: Any, home: str, tmp_path: Any) -> No
     assert trusted.out == "secure\n"
     untrusted = await client(["list"], env)
     assert untrusted.exit_code == 69, untrusted.err
+    assert "certificate verify failed" in untrusted.err
     insecure = await client(["list", "--insecure"], env)
     assert insecure.exit_code == 0, insecure.err
     assert "not verified" in insecure.err

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionDone, ConnectionLost
 
 from .config import Target
 from .errors import DROPPED, NO_PERMISSION, UNAVAILABLE, ClientError, RemoteError
@@ -69,7 +70,9 @@ class _Protocol(WebSocketClientProtocol):
             self.factory.owner.received(message)
 
     def connectionLost(self, reason: Any = None) -> None:
-        self.factory.owner.lost_reason = self.factory.owner.lost_reason or _reason_text(reason.value)
+        owner = self.factory.owner
+        if reason is not None and not reason.check(ConnectionDone, ConnectionLost):
+            owner.lost_reason = owner.lost_reason or _reason_text(reason.value)
         super().connectionLost(reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -134,6 +137,11 @@ class WebSocketConnection:
 
     def closed(self, reason: str) -> None:
         if not self._opened.called:
+            # The transport's own reason (a TLS error, say) says more than
+            # "closed uncleanly".
+            cause = self.lost_reason
+            if cause and "SSL error" not in reason:
+                reason = f"{cause}; {reason}"
             self._opened.errback(ClientError(UNAVAILABLE, f"cannot connect to {self.url}: {reason}"))
         replies, self._replies = self._replies, {}
         for d in replies.values():
