@@ -96,6 +96,22 @@ async def test_ctrl_c_answered_no_detaches(server: Server, home: str) -> None:
 
 
 @ensure
+async def test_second_ctrl_c_detaches(server: Server, home: str) -> None:
+    run = start_client(["run", "--id", "twice", "sh -c 'echo started; exec sleep 60'"], env_for(server, home), pty=True)
+    try:
+        await run.wait_for("started")
+        run.write(b"\x03")
+        await run.wait_for("Kill job twice? [y/N]")
+        run.write(b"\x03")
+        assert await run.finish() == 130, run.out
+    finally:
+        run.kill_if_running()
+    assert "sysadm-dispatch follow twice" in run.out
+    assert await running(server, "twice")
+    await client(["kill", "twice"], env_for(server, home))
+
+
+@ensure
 async def test_interrupt_without_a_terminal_detaches(server: Server, home: str) -> None:
     run = start_client(["run", "--id", "int-detach", "sh -c 'echo started; exec sleep 60'"], env_for(server, home))
     try:
