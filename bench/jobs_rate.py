@@ -202,7 +202,7 @@ async def bench(args: Any, port: int, server_pid: int, bare_port: int, bare_pid:
     results: dict[str, Any] = {}
     idle: list[WebSocketClient] = []
     try:
-        for case in ("no_idle_clients", f"{args.idle}_idle_clients"):
+        for case in ("no_idle_clients", f"{args.idle}_idle_clients")[: 2 if args.idle else 1]:
             if case != "no_idle_clients":
                 idle = await idle_clients(port, token, args.idle)
                 idle += await idle_clients(bare_port, None, args.idle)
@@ -233,9 +233,13 @@ async def bench(args: Any, port: int, server_pid: int, bare_port: int, bare_pid:
                     summary["metrics_to_ours"] = round(rate["ours_metrics"] / rate["ours"], 4)
                     # Within each repeat, the two ran one after the other: the
                     # median of those ratios is the least disturbed by drift.
-                    pairs = zip(runs["ours_metrics"], runs["ours"], strict=True)
+                    pairs = list(zip(runs["ours_metrics"], runs["ours"], strict=True))
                     summary["metrics_to_ours_paired"] = round(
                         statistics.median(m["jobs_per_s"] / o["jobs_per_s"] for m, o in pairs), 4)
+                    # The server's CPU time per job: less disturbed by the
+                    # other programs of a shared machine than the rate.
+                    summary["metrics_cpu_to_ours_paired"] = round(
+                        statistics.median(m["server_us_per_job"] / o["server_us_per_job"] for m, o in pairs), 4)
                 entry[f"depth_{depth}"] = summary
             results[case] = entry
     finally:
@@ -256,14 +260,15 @@ def scrape_finished(metrics_port: int) -> float:
 
 def main() -> int:
     parser = base_arguments(__doc__.split("\n\n")[0])
-    parser.add_argument("--idle", type=int, default=1000, help="idle WebSocket clients in the second case")
+    parser.add_argument("--idle", type=int, default=1000,
+                        help="idle WebSocket clients in the second case (0: no second case)")
     parser.add_argument("--metrics", action="store_true",
                         help="also run a server with its Prometheus metrics on, taking turns with the others")
     parser.add_argument("--no-in-process", action="store_true",
                         help="skip the measurement of the spawn path alone (bench/_spawn_rate.py)")
     args = parse_base_arguments(parser)
-    if not 1 <= args.idle <= 5000:
-        parser.error("--idle must be in [1, 5000]")
+    if not 0 <= args.idle <= 5000:
+        parser.error("--idle must be in [0, 5000] (0: skip the case with idle clients)")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < args.idle + 256:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.idle + 1024), hard))

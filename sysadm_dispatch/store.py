@@ -504,7 +504,6 @@ class Store:
                 (min(excess, chunk - deleted),)).rowcount
         return int(deleted)
 
-
     def _deliver(self, results: list[tuple[Deferred[Any], Any]], commits: list[float]) -> None:
         if self.observers:
             errors = sum(1 for _, result in results if isinstance(result, Failure) and result.check(StoreError))

@@ -347,7 +347,9 @@ async def test_sighup_reads_the_users_file_at_once_and_reopens_the_log_file(tmp_
         # logrotate moves the log away, then signals.
         os.rename(logfile, tmp_path / "server.log.1")
         process.signalProcess("HUP")
-        await poll(lambda: logfile.exists() and "users file" in logfile.read_text(), 20)
+        # Logged once the file has been read again.
+        await poll(lambda: logfile.exists() and "changed: 2 users" in logfile.read_text(), 20)
+        assert "SIGHUP" in logfile.read_text()
         assert await login("new-pw") == "response"
         assert await login("old-pw") == "error"
         # The server logs to the new file from now on, and still runs.
