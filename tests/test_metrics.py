@@ -12,12 +12,17 @@ from typing import Any
 
 import pytest_twisted
 import treq
-from conftest import TIMEOUT, Server, poll, with_timeout
+from conftest import TIMEOUT, Server, poll, start_server, with_timeout
 from ops_helpers import metrics_port, scrape, value
+from test_store import spec
 from twisted.internet import reactor
 
+from sysadm_dispatch import tap
+from sysadm_dispatch.auth import UserEntry, hash_password, write_users
 from sysadm_dispatch.dispatcher import Dispatcher
+from sysadm_dispatch.embed import make_router, make_websocket_factory
 from sysadm_dispatch.metrics import COMMIT_BUCKETS, JOB_BUCKETS, Buckets, DispatchMetrics
+from sysadm_dispatch.store import Store
 
 ensure = pytest_twisted.ensureDeferred
 METRICS = ("--metrics", "tcp:0:interface=127.0.0.1")
@@ -220,3 +225,56 @@ def test_buckets_count_each_value_under_the_first_bound_not_below_it() -> None:
     assert buckets.cumulative() == [("0.1", 2), ("1.0", 4), ("+Inf", 5)]
     assert buckets.sum == 8.65
     assert COMMIT_BUCKETS[0] < JOB_BUCKETS[0]
+
+
+@ensure
+async def test_jobs_found_in_the_store_at_startup(tmp_path: Any) -> None:
+    # The store of a server that died with one job running and one pending.
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    store = Store(str(state / tap.STORE_FILE), reactor)
+    await with_timeout(store.open())
+    await with_timeout(store.add([(spec("was-running", "sleep 100"), 1.0, 2.0), (spec("was-pending", "true"), 1.5, None)]))
+    await with_timeout(store.close())
+
+    server = await start_server(str(state), *METRICS)
+    try:
+        await server.wait_finished("was-pending")
+        _, samples = await scrape(metrics_port(server))
+        # Neither was submitted to this server; the pending one started here, the running one is interrupted.
+        assert value(samples, P + "jobs_submitted_total", queue="no_queue") == 0
+        assert value(samples, P + "jobs_started_total", queue="no_queue") == 1
+        assert value(samples, P + "jobs_finished_total", queue="no_queue", result="interrupted") == 1
+        assert value(samples, P + "jobs_finished_total", queue="no_queue", result="succeeded") == 1
+        # Only the job that ran here has a duration; its wait counts from when it was first queued.
+        assert value(samples, P + "job_duration_seconds_count", queue="no_queue") == 1
+        assert value(samples, P + "job_wait_seconds_count", queue="no_queue") == 1
+        assert value(samples, P + "job_wait_seconds_bucket", queue="no_queue", le="3600.0") == 0
+        assert value(samples, P + "last_finish_timestamp_seconds", queue="no_queue", result="interrupted") > 0
+    finally:
+        await server.stop()
+
+
+@ensure
+async def test_metrics_of_an_embedded_dispatcher(tmp_path: Any) -> None:
+    users = tmp_path / "users"
+    write_users(str(users), {"admin": UserEntry("admin", "full", hash_password("pw"))})
+    dispatcher = Dispatcher(reactor)
+    dispatcher.startService()
+    router = make_router(dispatcher, str(users))
+    factory = make_websocket_factory(router)
+    metrics = DispatchMetrics(dispatcher, auth=router.auth, websocket=factory)
+    port = reactor.listenTCP(0, metrics.site(), interface="127.0.0.1")
+    try:
+        await with_timeout(dispatcher.run("embedded", "true"))
+        await with_timeout(router.auth.login("admin", "nope", "10.0.0.1", transport="websocket")
+                           .addErrback(lambda f: None))
+        _, samples = await scrape(port.getHost().port)
+        assert value(samples, P + "jobs_finished_total", queue="no_queue", result="succeeded") == 1
+        assert value(samples, P + "logins_total", transport="websocket", result="failed") == 1
+        assert value(samples, P + "websocket_connections") == 0
+        # No store to report on.
+        assert value(samples, P + "store_commit_seconds_count") == 0
+    finally:
+        await port.stopListening()
+        await with_timeout(dispatcher.stopService())
