@@ -210,7 +210,7 @@ class OurServer:
     log_path: Path
 
 
-def start_our_server(children: Children, workdir: Path) -> OurServer:
+def start_our_server(children: Children, workdir: Path, extra: Sequence[str] = ()) -> OurServer:
     """Create the bench user and run sysadm-dispatch under twistd, both listeners on free ports."""
     cli = BIN_DIR / "sysadm-dispatch"
     twistd = BIN_DIR / "twistd"
@@ -252,6 +252,7 @@ def start_our_server(children: Children, workdir: Path) -> OurServer:
                 workdir,
                 "--users",
                 users,
+                *extra,
             ],
             cwd=workdir,
             output=output,

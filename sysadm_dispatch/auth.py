@@ -17,6 +17,7 @@ import re
 import secrets
 import stat
 import tempfile
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -178,6 +179,11 @@ class UsersFileChecker:
     def start(self) -> None:
         self._poll.start(self._poll_seconds, now=False)
 
+    def reload(self) -> Deferred[None]:
+        """Read the users file again now, changed or not (SIGHUP)."""
+        self._stamp = None
+        return self._check_changed()
+
     def stop(self) -> None:
         if self._poll.running:
             self._poll.stop()
@@ -327,6 +333,8 @@ class PasswordChecker(Protocol):
 
     def load(self) -> None: ...
 
+    def reload(self) -> Any: ...
+
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
@@ -350,12 +358,20 @@ class Authenticator:
         self.tokens = TokenStore(reactor, token_ttl)
         self._cache_key = os.urandom(32)
         self._basic_cache: dict[bytes, tuple[User, float, int]] = {}
+        #: Password checks by ``(transport, result)``, result ``ok``, ``failed``
+        #: or ``blocked`` (refused: the address is blocked); for the metrics.
+        self.logins: Counter[tuple[str, str]] = Counter()
+
+    def count_login(self, transport: str, result: str) -> None:
+        if transport:
+            self.logins[transport, result] += 1
 
     @property
     def token_ttl(self) -> float:
         return self.tokens.ttl
 
-    def login(self, username: str, password: str, address: str | None = None) -> Deferred[User]:
+    def login(self, username: str, password: str, address: str | None = None, *,
+              transport: str = "") -> Deferred[User]:
         """
         Check a username and password; fires with the ``User`` or fails with
         ``LoginFailed``.  With the client's ``address``, the attempt is
@@ -371,16 +387,23 @@ class Authenticator:
 
         def succeeded(user: User) -> User:
             guard.succeeded(address)
+            self.count_login(transport, "ok")
             return user
 
         def failed(f: Any) -> Any:
             if f.check(LoginFailed):
                 guard.failed(address)
+                self.count_login(transport, "failed")
             else:
                 guard.abandoned(address)
             return f
 
-        return guard.attempt(address).addCallback(check)
+        def refused(f: Any) -> Any:
+            if f.check(AddressBlocked):
+                self.count_login(transport, "blocked")
+            return f
+
+        return guard.attempt(address).addCallbacks(check, refused)
 
     def _login(self, username: str, password: str) -> Deferred[User]:
         if not isinstance(username, str) or not isinstance(password, str):
@@ -401,12 +424,14 @@ class Authenticator:
 
         return d.addCallbacks(done, failed)
 
-    def login_cached(self, username: str, password: str, address: str | None = None) -> Deferred[User]:
+    def login_cached(self, username: str, password: str, address: str | None = None, *,
+                     transport: str = "") -> Deferred[User]:
         """``login``, remembering a success for a while (for HTTP Basic auth)."""
         if address is not None:
             try:
                 self.guard.check(address)
             except AddressBlocked:
+                self.count_login(transport, "blocked")
                 return fail()
         key = hmac.new(self._cache_key, f"{username}\0{password}".encode("utf-8", "surrogatepass"),
                        hashlib.sha256).digest()
@@ -423,7 +448,7 @@ class Authenticator:
             self._basic_cache[key] = (user, now + min(self.token_ttl, 300.0), self.checker.changed)
             return user
 
-        return self.login(username, password, address).addCallback(remember)
+        return self.login(username, password, address, transport=transport).addCallback(remember)
 
     def issue_token(self, user: User) -> str:
         return self.tokens.issue(user)
@@ -456,7 +481,25 @@ def read_private_users(path: str) -> dict[str, UserEntry]:
     return read_users(path)
 
 
+#: The state directory of a server run as root (as a system service).
+SYSTEM_STATE_DIR = "/var/lib/sysadm-dispatch"
+
+
 def default_state_dir() -> str:
-    """``$XDG_STATE_HOME/sysadm-dispatch``, else ``~/.local/state/sysadm-dispatch``."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "sysadm-dispatch")
+    """
+    Where the server keeps its state when not told, and where the ``user``
+    commands and the client look for it: ``$STATE_DIRECTORY`` (set by
+    systemd's ``StateDirectory=``; its first entry), else
+    ``$XDG_STATE_HOME/sysadm-dispatch``, else, for root,
+    ``/var/lib/sysadm-dispatch``, and for anyone else
+    ``~/.local/state/sysadm-dispatch``.
+    """
+    systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return systemd
+    xdg = os.environ.get("XDG_STATE_HOME")
+    if xdg:
+        return os.path.join(xdg, "sysadm-dispatch")
+    if os.geteuid() == 0:
+        return SYSTEM_STATE_DIR
+    return os.path.join(os.path.expanduser("~"), ".local", "state", "sysadm-dispatch")

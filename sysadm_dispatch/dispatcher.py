@@ -124,6 +124,9 @@ class Dispatcher(Service):
         self._recovered = store is None
         self._recovery_waiters: list[Deferred[None]] = []
         self._start_retry: Any = None
+        #: ``observe(job, change)`` for each job submitted, started, finished
+        #: or recovered from the store (the metrics count with these).
+        self.observers: list[Callable[[Job, str], None]] = []
 
     # Accepting work.
 
@@ -231,6 +234,7 @@ class Dispatcher(Service):
             self.jobs[job.id] = job
             self.queues[job.queue].add(job)
             self._publish(job)
+            self._tell(job, "submitted")
         for job in jobs:
             if job.id not in promised:
                 continue
@@ -410,6 +414,7 @@ class Dispatcher(Service):
         self._runners[job.id] = runner
         self._last_update[job.id] = self.reactor.seconds()
         self._publish(job)
+        self._tell(job, "started")
         runner.start().addCallback(self._ended)
 
     def _ended(self, job: Job) -> None:
@@ -457,9 +462,14 @@ class Dispatcher(Service):
             )
         record = job.record()
         self._record_finished(job, record)
+        self._tell(job, "finished")
         self.events.publish("dispatcher", record)
         for d in self._waiters.pop(job.id, []):
             d.callback(record)
+
+    def _tell(self, job: Job, change: str) -> None:
+        for observe in self.observers:
+            observe(job, change)
 
     def _publish(self, job: Job) -> None:
         if self.events.subscriber_count("dispatcher"):  # a record costs more than the check
@@ -540,6 +550,11 @@ class Dispatcher(Service):
     # The store.
 
     @property
+    def stopping(self) -> bool:
+        """True once the server has begun to stop."""
+        return self._stopping
+
+    @property
     def recovered(self) -> bool:
         """False while the jobs of the store are being taken up after a start."""
         return self._recovered
@@ -588,12 +603,14 @@ class Dispatcher(Service):
                 self.jobs[job.id] = job
                 self.queues[job.queue].add(job)
                 self._publish(job)
+                self._tell(job, "recovered")
                 requeued += 1
                 continue
             job.interrupted = True
             job.finish(now)
             record = job.record()
             self._record_finished(job, record)
+            self._tell(job, "recovered")
             self.events.publish("dispatcher", record)
         if opened.jobs:
             log.info("job store: {count} pending jobs queued again", count=requeued)

@@ -22,6 +22,7 @@ from werkzeug.exceptions import NotFound
 
 from .auth import LoginFailed, User
 from .guard import AddressBlocked, client_address, peer_host
+from .health import HealthCheck
 from .rpc import PUBLIC, Router, RPCError, Session, error_reply, settled
 
 log = Logger()
@@ -73,6 +74,7 @@ class RestAPI:
         self.router = router
         self.max_message_bytes = router.max_message_bytes if max_message_bytes is None else max_message_bytes
         self.trust_proxy = trust_proxy
+        self.health = HealthCheck(router.dispatcher)
 
     def resource(self) -> IResource:
         resource: Any = self.app.resource()
@@ -119,11 +121,13 @@ class RestAPI:
 
     @app.route("/<string:namespace>/<string:name>", methods=None)
     def rpc(self, request: Any, namespace: str, name: str) -> Any:
-        session = Session(peer=self._client_address(request))
+        session = Session(peer=self._client_address(request), transport="rest")
         try:
             # Before anything else, and so before any credentials are looked at.
             self.router.check_address(session)
         except RPCError as e:
+            if (namespace, name) == ("rpc", "auth") or _header(request, b"authorization")[:6].lower() == "basic ":
+                self.router.auth.count_login("rest", "blocked")
             return self._answer(request, error_reply(namespace if namespace == "events" else "rpc", "", e))
         if request.method not in (b"PUT", b"POST"):
             return self._error(request, 405, f"use PUT (or POST) /{namespace}/{name}, not {request.method.decode()}")
@@ -214,8 +218,25 @@ class RestAPI:
             log.info("failed login for {username!r} from {peer}", username=username[:64], peer=session.peer)
             raise RPCError(401, "bad username or password")
 
-        d = self.router.auth.login_cached(username, password, session.peer).addCallbacks(ok, failed)
+        d = self.router.auth.login_cached(username, password, session.peer, transport="rest").addCallbacks(ok, failed)
         return None if settled(d)[0] else d
+
+    @app.route("/health", methods=None)
+    def health_check(self, request: Any) -> Any:
+        """No login: 200 when the server can take work, else 503 and why (see health.py)."""
+        if request.method not in (b"GET", b"HEAD"):
+            body = self._error(request, 405, f"use GET /health, not {request.method.decode()}")
+            request.setHeader(b"Allow", b"GET, HEAD")
+            return body
+
+        def answer(result: tuple[int, dict[str, Any]]) -> bytes:
+            code, body = result
+            request.setResponseCode(code)
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"Cache-Control", b"no-store")
+            return json.dumps(body, separators=(",", ":")).encode()
+
+        return self.health.check().addCallback(answer)
 
     @app.handle_errors(NotFound)
     def not_found(self, request: Any, failure: Any) -> bytes:

@@ -70,6 +70,8 @@ class Session:
     #: Logins under way on this session: requests that follow one on the
     #: same connection must wait for it, to run as the user it logs in.
     logging_in: int = 0
+    #: ``rest`` or ``websocket``: what the metrics count logins by.
+    transport: str = ""
 
 
 def _check_shape(value: Any, max_depth: int, max_string: int | None) -> None:
@@ -261,7 +263,12 @@ class Router:
         # Before anything else, and so before any password or token is looked
         # at.  (auth_clear keeps its rule of no reply; it only forgets a token.)
         if key != ("rpc", "auth_clear"):
-            self.check_address(session)
+            try:
+                self.check_address(session)
+            except RPCError:
+                if key == ("rpc", "auth"):
+                    self.auth.count_login(session.transport, "blocked")
+                raise
         if key not in PUBLIC:
             self._require_user(session)
         handler = self.handlers.get(key)
@@ -297,7 +304,7 @@ class Router:
             raise RPCError(400, "auth: username and password must be strings")
         session.logging_in += 1
         try:
-            user = yield self.auth.login(username, password, session.peer)
+            user = yield self.auth.login(username, password, session.peer, transport=session.transport)
         except AddressBlocked as e:
             raise RPCError(403, str(e)) from None
         except LoginFailed:

@@ -37,6 +37,8 @@ log = Logger()
 
 #: How long, at most, a finished record waits to be written with others.
 FINISH_DELAY = 0.05
+#: Bytes that must be free beside the database for ``probe`` to succeed.
+PROBE_MIN_FREE = 64 * 1024
 
 #: One step per schema version: the statements that take the schema from
 #: version N to N + 1, run in one transaction.
@@ -256,6 +258,10 @@ class Store:
         #: Finished records not yet handed to the writer thread (see ``finish``).
         self._finishes: list[tuple[tuple[str, float, dict[str, Any]], Deferred[None]]] = []
         self._flush_call: Any = None
+        #: ``observe(commit_seconds, errors)`` on the reactor thread after each
+        #: pass of the writer thread: how long its commits took, and how many
+        #: requests the store could not do (the metrics count with these).
+        self.observers: list[Callable[[list[float], int], None]] = []
 
     def prepare(self) -> str | None:
         """
@@ -337,6 +343,10 @@ class Store:
 
         self._submit(self._finish, (rows,), write=True, flush=False).addBoth(written)
 
+    def probe(self) -> Deferred[None]:
+        """A write of nothing that matters, committed like any other: fails if the store cannot write."""
+        return self._submit(self._probe, (), write=True)
+
     def history(self, start: float, end: float, limit: int) -> Deferred[HistoryPage]:
         """Records finished in ``[start, end]``, newest first, at most ``limit``; and whether more matched."""
         return self._submit(self._history, (start, end, limit), write=False)
@@ -370,18 +380,21 @@ class Store:
                     self._wake.wait()
                 calls = [self._calls.popleft() for _ in range(min(len(self._calls), self.max_batch))]
             results: list[tuple[Deferred[Any], Any]] = []
+            commits: list[float] = []
             i = 0
             while i < len(calls):
                 if calls[i].write:
                     j = i
                     while j < len(calls) and calls[j].write:
                         j += 1
+                    began = time.monotonic()
                     results += self._write(calls[i:j])
+                    commits.append(time.monotonic() - began)
                     i = j
                 else:
                     results.append((calls[i].deferred, self._read(calls[i])))
                     i += 1
-            self.reactor.callFromThread(_deliver, results)
+            self.reactor.callFromThread(self._deliver, results, commits)
             if any(call.fn == self._close for call in calls):
                 return
 
@@ -442,6 +455,18 @@ class Store:
         self._conn.executemany(
             "INSERT OR REPLACE INTO active_jobs (job_id, spec, time_queued, time_started) VALUES (?, ?, ?, ?)", rows)
 
+    def _probe(self) -> None:
+        assert self._conn is not None
+        self._conn.execute("UPDATE schema_version SET version = version")
+        # A commit may fit in space the database file already has: the free
+        # space says whether the next one that needs more will.
+        if self.path != ":memory:":
+            directory = os.path.dirname(os.path.abspath(self.path))
+            st = os.statvfs(directory)
+            free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+            if free < PROBE_MIN_FREE:
+                raise StoreError(f"the job store cannot write: disk is full ({free} bytes free in {directory})")
+
     def _mark(self, job_id: str, now: float | None) -> None:
         assert self._conn is not None
         self._conn.execute("UPDATE active_jobs SET time_started = ? WHERE job_id = ?", (now, job_id))
@@ -478,6 +503,13 @@ class Store:
                 "DELETE FROM history WHERE seq IN (SELECT seq FROM history ORDER BY time_finished, seq LIMIT ?)",
                 (min(excess, chunk - deleted),)).rowcount
         return int(deleted)
+
+    def _deliver(self, results: list[tuple[Deferred[Any], Any]], commits: list[float]) -> None:
+        if self.observers:
+            errors = sum(1 for _, result in results if isinstance(result, Failure) and result.check(StoreError))
+            for observe in self.observers:
+                observe(commits, errors)
+        _deliver(results)
 
 
 def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:

@@ -12,16 +12,20 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 from .auth import Authenticator, UsersFileChecker, UsersFileError, check_private, default_state_dir, ensure_users_file
 from .dispatcher import Dispatcher
 from .guard import LoginGuard
 from .job import DEFAULT_QUEUES, Limits
+from .metrics import DispatchMetrics
 from .procs import SubreaperService
 from .rest import RestAPI
 from .rpc import Router
+from .sdnotify import NotifyService, ReloadService, take_notify_socket
+from .serverlog import FORMATS, ServerLog
 from .store import HistoryPruner, Store, StoreError
 from .system_auth import SystemAuthError, SystemChecker
 from .websocket import make_websocket_factory
@@ -140,6 +144,10 @@ class Options(usage.Options):
          _number("update-interval", float, 0.01, 3600)],
         ["event-backlog-bytes", None, 4 << 20, "Bytes that may wait for a slow WebSocket client before it is "
          "disconnected.", _number("event-backlog-bytes", int, 65536, 1 << 30)],
+        ["metrics", None, None, "Prometheus metrics endpoint, e.g. tcp:9150:interface=127.0.0.1 (no login: bind it "
+         "where only the monitoring reaches it) [default: off]."],
+        ["log-format", None, "text", "Log as text or json (one JSON object a line, with each event's fields).",
+         _choice("log-format", FORMATS)],
     ]
 
     optFlags = [
@@ -178,6 +186,31 @@ def _endpoint(reactor: Any, option: str, spec: str) -> Any:
         return serverFromString(reactor, spec)
     except Exception as e:  # any reason (an unreadable TLS key, say) is reported in one line
         raise SystemExit(f"sysadm-dispatch: --{option} {spec!r}: {e or type(e).__name__}") from None
+
+
+class ServerService(MultiService):
+    """
+    The whole server.  Under ``twistd`` it brings its own log observer,
+    given to the application as twistd expects (see ``serverlog``).
+    """
+
+    log_observer: Any = None
+
+    def setServiceParent(self, parent: Any) -> Any:
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)
+
+
+def _server_log(options: Options) -> ServerLog | None:
+    """The log of a server run by ``twistd`` (None otherwise, or when twistd is told to log elsewhere)."""
+    twistd = getattr(options, "parent", None)
+    if twistd is None or twistd.get("logger") or twistd.get("syslog"):
+        return None
+    try:
+        return ServerLog(options["log-format"], twistd.get("logfile") or "", bool(twistd.get("nodaemon")))
+    except OSError as e:
+        raise SystemExit(f"sysadm-dispatch: cannot open the log file: {e}") from None
 
 
 class _GuardService(Service):
@@ -283,10 +316,16 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     except (OSError, UsersFileError, SystemAuthError) as e:
         # Reported like a bad option: one line, no traceback.
         raise SystemExit(f"sysadm-dispatch: cannot prepare the state directory or users file: {e}") from None
-    endpoints = {name: _endpoint(reactor, name, options[name]) for name in ("ws", "rest")}
+    endpoints = {name: _endpoint(reactor, name, options[name])
+                 for name in ("ws", "rest", "metrics") if options[name]}
     store = open_store(options, reactor)
+    # Before the dispatcher copies the environment for its jobs.
+    notify_socket = take_notify_socket()
 
-    top = MultiService()
+    top = ServerService()
+    server_log = _server_log(options)
+    if server_log is not None:
+        top.log_observer = server_log.observer()
     dispatcher = Dispatcher(
         reactor,
         queues=options["queues"],
@@ -323,6 +362,16 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         timeout=options["idle-timeout"] or None, access_log=bool(options["access-log"])
     )
     ListenerService("rest", endpoints["rest"], rest).setServiceParent(top)
+    if "metrics" in endpoints:
+        metrics = DispatchMetrics(dispatcher, auth=auth, websocket=ws, store=store)
+        ListenerService("metrics", endpoints["metrics"], metrics.site()).setServiceParent(top)
+    if server_log is not None:
+        rotate = server_log.logfile.rotate if server_log.logfile is not None else None
+        ReloadService(reactor, checker.reload, server_log.reopen, rotate).setServiceParent(top)
+    if notify_socket is not None:
+        listeners = [service for service in top if isinstance(service, ListenerService)]
+        NotifyService(notify_socket, lambda: [*(listener.when_listening() for listener in listeners),
+                                              dispatcher.when_recovered()]).setServiceParent(top)
     top.dispatcher = dispatcher  # type: ignore[attr-defined]
     top.router = router  # type: ignore[attr-defined]
     return top

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest_twisted
 from conftest import HERE, PYTHON, Server, WSClient, poll, with_timeout
+from ops_helpers import metrics_port, scrape, value
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import ProcessProtocol
@@ -193,7 +194,7 @@ async def test_client_that_stops_reading_is_dropped_and_others_keep_receiving(ma
     # A log cap above the flood: every byte of output is streamed, however
     # slowly the server runs, so far more than socket buffers hold is sent.
     server = await make_server("--update-interval", "0.01", "--event-backlog-bytes", str(2 << 20),
-                               "--log-cap-bytes", str(64 << 20))
+                               "--log-cap-bytes", str(64 << 20), "--metrics", "tcp:0:interface=127.0.0.1")
     healthy = await server.ws()
     token = (await healthy.call("auth", {"username": "admin", "password": server.admin_password}))["args"][0]
     await healthy.call("subscribe", ["dispatcher"], namespace="events")
@@ -220,6 +221,8 @@ async def test_client_that_stops_reading_is_dropped_and_others_keep_receiving(ma
         await server.run({"jobs": [{"id": "flood", "commands": flood}]})
         await poll(lambda: hub.subscriber_count("dispatcher") == baseline, 20)
         assert any("not reading fast enough" in line for line in logged), logged
+        _, samples = await scrape(metrics_port(server))
+        assert value(samples, "sysadm_dispatch_clients_dropped_total", reason="slow_consumer") == 1
         # The healthy client got the whole story, and still gets new events promptly.
         events = await events_until_finished(healthy, "flood", 60)
         assert events[-1]["success"] == "true"
