@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from .auth import Authenticator, UsersFileChecker, UsersFileError, check_private, default_state_dir, ensure_users_file
+from .dashboard import DashboardRoot
 from .dispatcher import Dispatcher
 from .guard import LoginGuard
 from .job import DEFAULT_QUEUES, Limits
@@ -145,6 +146,7 @@ class Options(usage.Options):
     optFlags = [
         ["trust-proxy", None, "Take the client's address from X-Forwarded-For (only behind a proxy you run)."],
         ["access-log", None, "Log a line for every REST request."],
+        ["no-dashboard", None, "Serve neither the web dashboard (GET /) nor WebSocket at /ws on the REST listener."],
     ]
 
     def __init__(self) -> None:
@@ -322,6 +324,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     rest = RestAPI(router, trust_proxy=options["trust-proxy"]).site(
         timeout=options["idle-timeout"] or None, access_log=bool(options["access-log"])
     )
+    if not options["no-dashboard"]:
+        # The page, its assets and /ws beside the API (docs/dashboard.rst).
+        rest.resource = DashboardRoot(rest.resource, ws)
     ListenerService("rest", endpoints["rest"], rest).setServiceParent(top)
     top.dispatcher = dispatcher  # type: ignore[attr-defined]
     top.router = router  # type: ignore[attr-defined]
