@@ -169,7 +169,7 @@ async function connect() {
     setConn("down", "offline");
     throw e;
   }
-  setConn("up", "live");
+  setConn("up", loggedIn ? "live" : "connected");
   request("identify", {}).then((reply) => {
     const host = typeof reply?.hostname === "string" ? reply.hostname : "";
     setText(bound("host"), host);
@@ -199,6 +199,7 @@ async function reconnect() {
 async function startFollowing() {
   await request("subscribe", ["dispatcher"], "events");
   await refreshList();
+  setConn("up", "live");
 }
 
 async function enter(token, ttl, user) {
@@ -319,14 +320,16 @@ async function refreshList() {
   }
 }
 
+// Events of one burst are drawn together, a moment later.  (A timer, not
+// requestAnimationFrame: a page the browser deems hidden still keeps up.)
 let renderQueued = false;
 function scheduleRender() {
   if (renderQueued) return;
   renderQueued = true;
-  requestAnimationFrame(() => {
+  setTimeout(() => {
     renderQueued = false;
     renderNow();
-  });
+  }, 30);
 }
 
 function matches(job) {
@@ -353,7 +356,8 @@ function commandText(job) {
 function timing(job) {
   const now = Date.now();
   if (job.state === "running") return job.startedAt === null ? "" : duration((now - job.startedAt) / 1000);
-  if (job.state === "pending") return job.queuedAt === null ? "" : `waiting ${duration((now - job.queuedAt) / 1000)}`;
+  // (The stylesheet says "waiting" before it where there is room.)
+  if (job.state === "pending") return job.queuedAt === null ? "" : duration((now - job.queuedAt) / 1000);
   if (job.startedAt !== null && job.finishedAt !== null) return duration((job.finishedAt - job.startedAt) / 1000);
   return "";
 }
