@@ -287,9 +287,17 @@ async def test_login_with_a_bad_then_a_good_password_reload_and_log_out(page: Pa
 
 
 @ensure
-async def test_an_expired_session_returns_to_the_login_form(page: Page, make_server: Any) -> None:
-    server = await make_server("--token-ttl", "2")
+async def test_use_renews_the_session_and_an_expired_one_returns_to_the_login_form(page: Page,
+                                                                                   make_server: Any) -> None:
+    server = await make_server("--token-ttl", "3")
     await logged_in(page, server)
+    # Working in the page for longer than a token lives keeps it alive.
+    deadline = await page.js("return Date.now() + 8000")
+    while await page.js("return Date.now()") < deadline:
+        await page.click('[data-panel="jobs"] input[name="filter"]')
+        await deferLater(0.3)
+        assert await page.js("return document.body.dataset.screen") == "app"
+    # Left alone, it expires, and the page says so.
     await page.wait("return document.body.dataset.screen === 'login'", seconds=15)
     assert "ended" in await page.js("return document.querySelector('[data-bind=login-error]').textContent")
 
@@ -581,3 +589,88 @@ async def test_layout_at_desktop_and_phone_width_and_the_screenshots(page: Page,
     (tmp_path / "stop").write_text("")
     for job_id in ("build-web-2041", "pkg-upgrade", "jail-update"):
         await server.wait_finished(job_id)
+
+
+@ensure
+async def test_a_dropped_connection_is_resumed_with_the_token(page: Page, make_server: Any) -> None:
+    # The server closes connections idle for a second: the page reconnects
+    # (with its token, no login) and reads the list again.
+    server = await make_server("--idle-timeout", "1")
+    await logged_in(page, server)
+    await page.wait("return document.querySelector('[data-bind=conn]').dataset.conn === 'down'")
+    await page.wait("return document.querySelector('[data-bind=conn]').textContent === 'live'")
+    assert await page.js("return document.body.dataset.screen") == "app"
+    await server.run({"after-reconnect": "true"})
+    await page.wait_row("after-reconnect", "row.dataset.state === 'finished'")
+
+
+@ensure
+async def test_the_job_model_merges_list_events_and_records(page: Page, make_server: Any) -> None:
+    """The page's own job model (jobs.js), exercised in the browser where it runs."""
+    server = await make_server()
+    await page.open(server.rest_url + "/")
+    result = await page.call(page.driver.execute_async_script, """
+        const done = arguments[arguments.length - 1];
+        import("./ui/jobs.js").then(({JobBook, Job, outcome}) => {
+          const out = {};
+          const ev = (state, id, details, extra = {}) => ({state, process_id: id, queue: "no_queue",
+            process_details: {process_id: id, state, cmd_list: ["a", "b"], ...details}, ...extra});
+          // Seen from the start: the events hold all the output.
+          let book = new JobBook();
+          book.event(ev("pending", "j", {}), 1);
+          book.event(ev("running", "j", {time_started: "2026-01-01T00:00:00+00:00", current_cmd: "a"}), 2);
+          book.event(ev("running", "j", {current_cmd: "a", a: "one\\n"}), 3);
+          book.event(ev("running", "j", {current_cmd: "b", a: "two\\n", "return_codes/a": "0", b: "x"}), 4);
+          let j = book.get("j");
+          out.complete = j.sections().map(s => [s.text, s.rc, s.partial]);
+          // A live record that is ahead of the events wins; one behind does not.
+          j.record = {state: "running", process_details: {a: "one\\ntwo\\n", b: "xyz"}};
+          out.ahead = j.sections().map(s => s.text);
+          j.record = {state: "running", process_details: {a: "one\\n", b: ""}};
+          out.behind = j.sections().map(s => s.text);
+          // Joined late: partial without a record, the record's text with one.
+          book = new JobBook();
+          book.list({no_queue: {late: {commands: ["a"], state: "running", current_cmd: "a",
+                                        time_started: "2026-01-01T00:00:00+00:00"}}}, 10);
+          book.event(ev("running", "late", {cmd_list: ["a"], current_cmd: "a", a: "tail\\n"}), 11);
+          j = book.get("late");
+          out.lateBare = j.sections().map(s => [s.text, s.partial]);
+          out.lateNeeds = j.needsRecord();
+          j.record = {state: "running", process_details: {a: "head\\ntail\\n"}};
+          out.lateRecord = j.sections().map(s => [s.text, s.partial]);
+          // A list asked before a finished event does not bring the job back.
+          book.event(ev("finished", "late", {cmd_list: ["a"], a: "head\\ntail\\n", "return_codes/a": "0"},
+                        {success: "true"}), 20);
+          book.list({no_queue: {late: {commands: ["a"], state: "running"}}}, 15);
+          out.afterOldList = [book.get("late").state, outcome(book.get("late")).label];
+          // A job gone from a newer list finished unseen; a new run replaces a finished one.
+          book.event(ev("running", "gone", {cmd_list: ["a"], current_cmd: "a"}), 30);
+          book.list({}, 31);
+          out.gone = [book.get("gone").state, book.get("gone").missed];
+          book.event(ev("running", "late", {cmd_list: ["a"], current_cmd: "a"}), 40);
+          out.rerun = [book.get("late").state, book.get("late").final, book.get("late").partialUpTo];
+          // Outcomes.
+          const done_ = (extra, codes = {}) => { const k = new JobBook();
+            k.event(ev("finished", "o", {cmd_list: ["a"], ...codes}, extra), 1); return outcome(k.get("o")).label; };
+          out.outcomes = [done_({success: "true"}), done_({success: "false"}, {"return_codes/a": "2"}),
+                          done_({success: "false", killed: true, signal: "SIGTERM"}),
+                          done_({success: "false", timed_out: true, killed: true, signal: "SIGKILL"}),
+                          done_({success: "false", interrupted: true})];
+          // A history record in the flat shape of the original server.
+          const flat = Job.fromRecord({process_id: "f", state: "finished", cmd_list: ["a"], a: "out",
+                                       "return_codes/a": "0", success: "true"});
+          out.flat = [flat.id, flat.sections().map(s => [s.text, s.rc])];
+          done(out);
+        }).catch(e => done({error: String(e)}));
+    """)
+    assert "error" not in result, result
+    assert result["complete"] == [["one\ntwo\n", "0", False], ["x", None, False]]
+    assert result["ahead"] == ["one\ntwo\n", "xyz"]
+    assert result["behind"] == ["one\ntwo\n", "x"]
+    assert result["lateBare"] == [["tail\n", True]] and result["lateNeeds"] is True
+    assert result["lateRecord"] == [["head\ntail\n", False]]
+    assert result["afterOldList"] == ["finished", "ok"]
+    assert result["gone"] == ["finished", True]
+    assert result["rerun"] == ["running", None, -1]
+    assert result["outcomes"] == ["ok", "failed · exit 2", "killed · SIGTERM", "timed out · SIGKILL", "interrupted"]
+    assert result["flat"] == ["f", [["out", "0"]]]

@@ -12,6 +12,7 @@ const TOKEN_KEY = "sysadm-dispatch.session";
 const MAX_ROWS = 500;
 const DEFAULT_QUEUES = ["no_queue", "pkg_queue", "iocage_queue"];
 const VIEWS = ["jobs", "history", "run"];
+const KEEPALIVE = 10 * 60 * 1000;
 
 const body = document.body;
 const book = new JobBook();
@@ -479,6 +480,11 @@ function tick() {
   }
   output.tick();
   checkSession();
+  // The server closes connections silent for --idle-timeout (30 minutes by
+  // default); a page that only watches says something now and then.
+  if (loggedIn && conn !== null && conn.open && Date.now() - conn.lastSent > KEEPALIVE) {
+    conn.call("identify", {}).catch(() => {});
+  }
 }
 
 // ---- Selecting a job: its output view.

@@ -36,6 +36,7 @@ export class Connection {
     this.socket = null;
     this.pending = new Map();
     this.counter = 0;
+    this.lastSent = 0;
   }
 
   get open() {
@@ -107,6 +108,7 @@ export class Connection {
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
       this.socket.send(JSON.stringify({ namespace, name, id, args }));
+      this.lastSent = Date.now();
     });
   }
 
