@@ -465,6 +465,8 @@ async def test_output_follows_the_end_until_scrolled_up_and_pauses(page: Page, m
     at_end = ("const o = document.querySelector('[data-output-for]');"
               "return o.scrollHeight > o.clientHeight && o.scrollHeight - o.scrollTop - o.clientHeight < 30;")
     await page.wait(at_end)
+    # Well past one screen, so that the top is not "near the end".
+    await page.wait("const o = document.querySelector('[data-output-for]'); return o.scrollHeight > o.clientHeight + 300")
     length = "return document.querySelector('[data-output-for]').textContent.length"
     # Scrolled up: the view stays where the user put it while output grows.
     await page.js("const o = document.querySelector('[data-output-for]'); o.scrollTop = 0;"

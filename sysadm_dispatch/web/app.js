@@ -253,6 +253,8 @@ function resetToLogin(message) {
   body.dataset.role = "";
   book.clear();
   select(null);
+  historyView.reset();
+  runForm.reset();
   renderNow();
   banner("");
   setText(bound("login-error"), message);

@@ -59,6 +59,15 @@ export class HistoryView {
     return { start, end };
   }
 
+  // After logging out: nothing of the last user's is kept.
+  reset() {
+    this.jobs = [];
+    this.truncated = false;
+    this.loaded = false;
+    setText(this.error, "");
+    this.render();
+  }
+
   firstShow() {
     if (!this.loaded) this.load();
   }

@@ -24,6 +24,7 @@ export class OutputView {
     this.killButton = this.root.querySelector('[data-action="kill"]');
     this.job = null;
     this.live = false;
+    this.shownVersion = -1;
     this.rendered = [];
     this.renderedKey = "";
     this.follow = true;
@@ -82,7 +83,7 @@ export class OutputView {
     this.root.hidden = false;
     this.empty.hidden = true;
     this.output.dataset.outputFor = job.id;
-    this.update();
+    this.update(true);
   }
 
   setPaused(paused, render = true) {
@@ -96,10 +97,12 @@ export class OutputView {
     this.showStatus();
   }
 
-  // The job changed (an event, a record): header always, output unless paused.
-  update() {
+  // The job changed (an event, a record): header always, output unless
+  // paused.  Nothing to do when it did not change since last drawn.
+  update(force = false) {
     const job = this.job;
-    if (job === null) return;
+    if (job === null || (!force && job.version === this.shownVersion)) return;
+    this.shownVersion = job.version;
     this.renderHead();
     if (this.paused) {
       this.held = true;

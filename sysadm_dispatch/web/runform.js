@@ -47,6 +47,12 @@ export class RunForm {
     });
   }
 
+  reset() {
+    this.form.reset();
+    setText(this.error, "");
+    setText(this.ok, "");
+  }
+
   // Suggestions for the queue field: the queues seen so far.
   setQueues(names) {
     const options = [...names].sort().map((name) => h("option", { value: name }));
