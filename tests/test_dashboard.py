@@ -221,6 +221,7 @@ class Page:
         return text
 
     async def wait_output(self, job_id: str, text: str) -> None:
+        """Wait for ``text`` in the output view (which also shows each command: end output with a newline)."""
         await self.wait(
             "const o = [...document.querySelectorAll('[data-output-for]')].find(e => e.dataset.outputFor === arguments[0]);"
             "return !!o && o.textContent.includes(arguments[1]);", job_id, text)
@@ -323,7 +324,7 @@ async def test_a_job_run_from_the_page_streams_its_output_live(page: Page, make_
     await page.type('form.run-form [name="timeout"]', "60")
     await page.click('form.run-form [data-action="run"]')
     await page.wait("return document.querySelector('[data-bind=run-error]').textContent === ''")
-    await page.wait_output("from-page", "first")
+    await page.wait_output("from-page", "first\n")
     job = server.dispatcher.jobs.get("from-page")
     assert job is not None and job.state == "running" and job.spec.cwd == str(tmp_path) and job.timeout == 60
     assert "exit 0" in await page.output("from-page")  # echo first ended; the second still runs
@@ -353,7 +354,7 @@ async def test_a_job_from_another_client_appears_and_is_killed_from_the_page(pag
     counts = await page.js("return document.querySelector('[data-queue=pkg_queue]').textContent")
     assert "1 running" in counts and "1 pending" in counts
     await page.click_row("stubborn")
-    await page.wait_output("stubborn", "up")
+    await page.wait_output("stubborn", "up\n")
     await page.click_row("stubborn", inside='[data-action="kill"]')
     await page.wait("return document.querySelector('dialog').open")
     assert await page.js("return document.querySelector('[data-bind=confirm-id]').textContent") == "stubborn"
@@ -419,7 +420,7 @@ async def test_the_history_view_reads_lists_filters_and_opens_records(page: Page
     row = await page.row("went-wrong", "history")
     assert row is not None and "exit 3" in row["text"]
     await page.click_row("went-wrong", "history")
-    await page.wait_output("went-wrong", "bad")
+    await page.wait_output("went-wrong", "bad\n")
     assert "exit 3" in await page.output("went-wrong")
     await page.js("const s = document.querySelector('form.history-query [name=outcome]');"
                   "s.value = 'all'; s.dispatchEvent(new Event('change'))")
@@ -441,7 +442,7 @@ async def test_server_text_is_shown_as_text_never_as_html(page: Page, make_serve
     await server.wait_finished(XSS)
     await page.wait_row(XSS, "row.dataset.state === 'finished'")
     await page.click_row(XSS)
-    await page.wait_output(XSS, "<b>bold</b>")
+    await page.wait_output(XSS, "<b>bold</b>\n")
     output = await page.output(XSS)
     assert f"{shown}\n" in output and f"echo {shown}" in output
     await page.click('[data-view="history"]')
@@ -508,14 +509,14 @@ async def test_a_running_job_joined_late_shows_its_output_so_far(page: Page, mak
     # so far; one that does not leaves a note saying earlier output is missing.
     status, _, _ = await server.rest({"action": "job", "job_id": "early"}, path="/rpc/logs")
     if status == 200:
-        await page.wait_output("early", "before login")
+        await page.wait_output("early", "before login\n")
     else:
         await page.wait_output("early", "is not shown")
     (tmp_path / "go").write_text("")
-    await page.wait_output("early", "after login")
+    await page.wait_output("early", "after login\n")
     await page.wait_row("early", "row.dataset.state === 'finished'")
     # Finished: the whole log, from the finished event and the stored record.
-    await page.wait_output("early", "before login")
+    await page.wait_output("early", "before login\n")
     assert "is not shown" not in await page.output("early")
 
 
@@ -572,7 +573,7 @@ async def test_layout_at_desktop_and_phone_width_and_the_screenshots(page: Page,
     await page.click('[data-view="history"]')
     await page.wait_row("broken-cron", list_name="history")
     await page.click_row("nightly-backup", "history")
-    await page.wait_output("nightly-backup", "verified")
+    await page.wait_output("nightly-backup", "verified\n")
     assert await page.js(no_overflow)
     await page.shot("history")
     await page.click('[data-view="jobs"]')
