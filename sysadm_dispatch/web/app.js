@@ -142,7 +142,8 @@ function onClose() {
   conn = null;
   if (loggingOut) return;
   if (!loggedIn) {
-    setConn("down", "offline");
+    // (The server closes connections that do not log in; the form opens a new one.)
+    setConn("down", "");
     return;
   }
   scheduleReconnect();
