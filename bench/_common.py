@@ -210,8 +210,11 @@ class OurServer:
     log_path: Path
 
 
-def start_our_server(children: Children, workdir: Path, extra: Sequence[str] = ()) -> OurServer:
-    """Create the bench user and run sysadm-dispatch under twistd, both listeners on free ports."""
+def start_our_server(children: Children, workdir: Path, options: Sequence[str] = ()) -> OurServer:
+    """
+    Create the bench user and run sysadm-dispatch under twistd, both
+    listeners on free ports (with ``options`` added to its command line).
+    """
     cli = BIN_DIR / "sysadm-dispatch"
     twistd = BIN_DIR / "twistd"
     for tool in (cli, twistd):
@@ -252,7 +255,7 @@ def start_our_server(children: Children, workdir: Path, extra: Sequence[str] = (
                 workdir,
                 "--users",
                 users,
-                *extra,
+                *options,
             ],
             cwd=workdir,
             output=output,

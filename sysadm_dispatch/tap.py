@@ -17,6 +17,7 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 
 from .auth import Authenticator, UsersFileChecker, UsersFileError, check_private, default_state_dir, ensure_users_file
+from .dashboard import DashboardRoot
 from .dispatcher import Dispatcher
 from .guard import LoginGuard
 from .job import DEFAULT_QUEUES, Limits
@@ -153,6 +154,7 @@ class Options(usage.Options):
     optFlags = [
         ["trust-proxy", None, "Take the client's address from X-Forwarded-For (only behind a proxy you run)."],
         ["access-log", None, "Log a line for every REST request."],
+        ["no-dashboard", None, "Serve neither the web dashboard (GET /) nor WebSocket at /ws on the REST listener."],
     ]
 
     def __init__(self) -> None:
@@ -361,6 +363,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     rest = RestAPI(router, trust_proxy=options["trust-proxy"]).site(
         timeout=options["idle-timeout"] or None, access_log=bool(options["access-log"])
     )
+    if not options["no-dashboard"]:
+        # The page, its assets and /ws beside the API (docs/dashboard.rst).
+        rest.resource = DashboardRoot(rest.resource, ws)
     ListenerService("rest", endpoints["rest"], rest).setServiceParent(top)
     if "metrics" in endpoints:
         metrics = DispatchMetrics(dispatcher, auth=auth, websocket=ws, store=store)
