@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from .events import EventHub
 from .job import (
     DEFAULT_QUEUES,
+    EXIT_NOT_STARTED,
     FINISHED,
     NO_QUEUE,
     PENDING,
@@ -404,13 +405,26 @@ class Dispatcher(Service):
         self.queues[job.queue].started(job)
         if job.timeout is None and self.job_timeout:
             job.timeout = self.job_timeout
-        runner = self.runner_factory(
-            self.reactor, job, environ=self.environ, kill_grace=self.kill_grace, on_output=self._output
-        )
-        self._runners[job.id] = runner
         self._last_update[job.id] = self.reactor.seconds()
         self._publish(job)
-        runner.start().addCallback(self._ended)
+        try:
+            runner = self.runner_factory(
+                self.reactor, job, environ=self.environ, kill_grace=self.kill_grace, on_output=self._output
+            )
+            self._runners[job.id] = runner
+            done = runner.start()
+        except Exception as e:
+            # A bug, or something unforeseen: the job ends as one that could not start.
+            log.failure("bug while starting job {job_id}", job_id=job.id)
+            self._runners.pop(job.id, None)
+            if len(job.logs) == len(job.return_codes):
+                job.begin_command()
+            job.logs[-1].write(f"sysadm-dispatch: cannot run command: internal error ({type(e).__name__}); "
+                               "the server log has the details\n".encode())
+            job.end_command(EXIT_NOT_STARTED)
+            self._ended(job)
+            return
+        done.addCallback(self._ended)
 
     def _ended(self, job: Job) -> None:
         self._runners.pop(job.id, None)

@@ -66,6 +66,20 @@ def make_job_id(queue: str) -> str:
     return f"{queue}-{{{uuid.uuid4()}}}"
 
 
+def not_text(value: str) -> bool:
+    """True if ``value`` cannot be encoded as UTF-8 (it holds a lone surrogate): no name, command or log may."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_text(where: str, what: str, value: str) -> None:
+    if not_text(value):
+        raise InvalidJob(f"{where}: {what} {value[:80]!r} is not valid Unicode text (it holds a lone surrogate)")
+
+
 def _describe(job_id: object) -> str:
     return f"job {job_id!r}" if isinstance(job_id, str) else "a job"
 
@@ -109,6 +123,7 @@ def parse_commands(
             raise InvalidJob(f"{where}: a command may be at most {limits.max_command_chars} characters long")
         if "\x00" in command:
             raise InvalidJob(f"{where}: command {command[:80]!r} contains a NUL character")
+        _check_text(where, "command", command)
         try:
             words = split_words(command)
         except ValueError as e:
@@ -126,6 +141,7 @@ def _check_id(job_id: object, limits: Limits, where: str | None = None) -> str:
         raise InvalidJob(f"job {job_id[:40]!r}...: a job id may be at most {limits.max_id_chars} characters long")
     if any(ord(c) < 32 for c in job_id):
         raise InvalidJob(f"job {job_id!r}: a job id must not contain control characters")
+    _check_text(f"job {job_id[:80]!r}", "the job id", job_id)
     return job_id
 
 
@@ -143,6 +159,7 @@ def _spec_from_object(obj: object, index: int, queues: Collection[str], limits: 
     queue = obj.get("queue", NO_QUEUE)
     if not isinstance(queue, str):
         raise InvalidJob(f"{where}: queue must be a string")
+    _check_text(where, "queue", queue)
     if queue not in queues:
         raise InvalidJob(f"{where}: unknown queue {queue!r} (known: {', '.join(sorted(queues))})")
     job_id = _check_id(obj["id"], limits, where) if "id" in obj else make_job_id(queue)
@@ -152,6 +169,8 @@ def _spec_from_object(obj: object, index: int, queues: Collection[str], limits: 
     cwd = obj.get("cwd")
     if cwd is not None and (not isinstance(cwd, str) or not cwd or "\x00" in cwd):
         raise InvalidJob(f"{where}: cwd must be a non-empty string")
+    if cwd is not None:
+        _check_text(where, "cwd", cwd)
     env = obj.get("env", {})
     if env is None:
         env = {}
@@ -164,6 +183,8 @@ def _spec_from_object(obj: object, index: int, queues: Collection[str], limits: 
             raise InvalidJob(f"{where}: env value of {key!r} must be a string")
         if not key or "=" in key or "\x00" in key or "\x00" in value:
             raise InvalidJob(f"{where}: env name {key!r} is not a valid variable name")
+        _check_text(where, "env name", key)
+        _check_text(where, f"env value of {key!r}", value)
     timeout = obj.get("timeout")
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float):

@@ -164,6 +164,12 @@ class JobRunner:
             self._spawning = False
             self._not_started(index, e)
             return
+        except Exception as e:
+            # A bug, or something unforeseen: the job still ends as one that could not start.
+            self._spawning = False
+            log.failure("bug while starting a command of job {job_id}", job_id=job.id)
+            self._not_started(index, SpawnError(f"internal error ({type(e).__name__}); the server log has the details"))
+            return
         self._spawning = False
         self._command = command
         self._commands.append(command)
