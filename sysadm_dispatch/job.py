@@ -379,10 +379,19 @@ class Job:
 
     @property
     def current_index(self) -> int | None:
-        """Index of the command running now, if any."""
-        if self.state != RUNNING or not self.logs or len(self.return_codes) == len(self.logs):
+        """
+        While the job runs: the index of the command running now, or about to
+        begin (the first, at the start); once its commands are over and it
+        winds down, the last one run.  None unless running.
+        """
+        if self.state != RUNNING:
             return None
-        return len(self.logs) - 1
+        begun = len(self.logs)
+        if begun > len(self.return_codes):
+            return begun - 1
+        if begun < len(self.spec.commands) and not (self.return_codes and self.return_codes[-1] != 0):
+            return begun
+        return max(begun - 1, 0)
 
     @property
     def current_cmd(self) -> str | None:
@@ -486,7 +495,7 @@ class Job:
             "process_id": self.id,
             "process_details": self.process_details() if details is None else details,
             "queue": self.queue,
-            "success": "true" if self.success else "false",
+            "success": ("true" if self.success else "false") if self.state == FINISHED else None,
             "killed": self.killed,
             "timed_out": self.timed_out,
             "interrupted": self.interrupted,

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from .auth import Authenticator, LoginFailed, User
 from .dispatcher import Dispatcher, Unavailable
 from .guard import AddressBlocked
-from .history import BadQuery, parse_read_logs, read_logs_reply
+from .history import BadQuery, flat_record, parse_read_logs, read_logs_reply
 from .job import InvalidJob
 
 log = Logger()
@@ -536,7 +536,7 @@ class Router:
         def found(record: dict[str, Any] | None) -> dict[str, Any]:
             if record is None:
                 raise RPCError(404, f"no finished job {job_id[:256]!r} in the history")
-            return record
+            return flat_record(record)
 
         return self.dispatcher.last_record(job_id).addCallbacks(found, _refused)
 
