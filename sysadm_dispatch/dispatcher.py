@@ -128,9 +128,9 @@ class Dispatcher(Service):
 
     # Accepting work.
 
-    def parse_run(self, args: Mapping[str, Any]) -> list[JobSpec]:
-        """Read and check the jobs of a ``run`` request; raises ``InvalidJob``."""
-        specs = specs_from_run_args(args, self.queues, self.limits)
+    def parse_run(self, args: Mapping[str, Any], submitted_by: str | None = None) -> list[JobSpec]:
+        """Read and check the jobs of a ``run`` request (from user ``submitted_by``); raises ``InvalidJob``."""
+        specs = specs_from_run_args(args, self.queues, self.limits, submitted_by=submitted_by)
         self.check(specs)
         return specs
 
@@ -250,11 +250,13 @@ class Dispatcher(Service):
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        submitted_by: str | None = None,
     ) -> Deferred[dict[str, Any]]:
         """
-        Queue one job; the Deferred fires with its finished record (the
-        ``args`` of its ``finished`` event), or fails with ``Unavailable`` if
-        the job could not be recorded.  Raises ``InvalidJob``.
+        Queue one job (for ``submitted_by``, if given: a name for the
+        records); the Deferred fires with its finished record (the ``args``
+        of its ``finished`` event), or fails with ``Unavailable`` if the job
+        could not be recorded.  Raises ``InvalidJob``.
         """
         obj: dict[str, Any] = {
             "commands": commands if isinstance(commands, str) else list(commands),
@@ -268,7 +270,7 @@ class Dispatcher(Service):
             obj["env"] = dict(env)
         if timeout:
             obj["timeout"] = timeout
-        [spec] = self.parse_run({"action": "run", "jobs": [obj]})
+        [spec] = self.parse_run({"action": "run", "jobs": [obj]}, submitted_by)
         # Waiting before submitting: a job may finish as soon as it is queued.
         done: Deferred[dict[str, Any]] = Deferred()
         self._waiters.setdefault(spec.id, []).append(done)
@@ -490,15 +492,16 @@ class Dispatcher(Service):
             out[queue.name] = {job.id: job.list_entry(pos) for job, pos in positions(list(queue), queue.numbered)}
         return out
 
-    def kill(self, job_ids: Iterable[str]) -> Deferred[tuple[list[str], list[str]]]:
+    def kill(self, job_ids: Iterable[str], by: str | None = None) -> Deferred[tuple[list[str], list[str]]]:
         """
-        Kill jobs: a pending one leaves its queue and never starts; a running
-        one is signalled.  Fires with ``(killed, not_found)`` once every
-        killed job has finished, its processes gone.
+        Kill jobs (for user ``by``, if given: a name for the records and the
+        log): a pending one leaves its queue and never starts; a running one
+        is signalled.  Fires with ``(killed, not_found)`` once every killed
+        job has finished, its processes gone.
         """
         if not self._recovered:
             ids = list(job_ids)
-            return self.when_recovered().addCallback(lambda _: self.kill(ids))
+            return self.when_recovered().addCallback(lambda _: self.kill(ids, by))
         killed: list[str] = []
         not_found: list[str] = []
         waits = []
@@ -509,12 +512,14 @@ class Dispatcher(Service):
                 continue
             killed.append(job_id)
             waits.append(self.finished(job_id))
+            if not (job.killed or job.timed_out):
+                job.killed_by = by  # the first to end it
             if job.state == PENDING:
                 job.killed = True
-                log.info("job {job_id} killed while pending", job_id=job_id)
+                log.info("job {job_id} killed while pending by {by}", job_id=job_id, by=by)
                 self._finish(job)
             else:
-                log.info("job {job_id} killed while running", job_id=job_id)
+                log.info("job {job_id} killed while running by {by}", job_id=job_id, by=by)
                 self._runners[job_id].kill()
         self._start_ready()
         d = DeferredList(waits, consumeErrors=True)
@@ -541,7 +546,7 @@ class Dispatcher(Service):
         self._interrupting.update(job.id for job in running if not (job.killed or job.timed_out))
         if running:
             log.info("stopping: killing {count} running jobs", count=len(running))
-            d = self.kill([job.id for job in running]).addCallback(lambda _: None)
+            d = self.kill([job.id for job in running], "shutdown").addCallback(lambda _: None)
         else:
             d = succeed(None)
         # Then whatever orphans of jobs no job claimed (a subreaper server's).

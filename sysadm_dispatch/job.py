@@ -59,6 +59,9 @@ class JobSpec:
     cwd: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     timeout: float | None = None
+    #: The user who asked for it (None: the embedding program, or a job
+    #: recorded before the server kept this).
+    submitted_by: str | None = None
 
 
 def make_job_id(queue: str) -> str:
@@ -148,7 +151,8 @@ def _check_id(job_id: object, limits: Limits, where: str | None = None) -> str:
 _EXTENDED_KEYS = {"id", "commands", "queue", "cwd", "env", "timeout"}
 
 
-def _spec_from_object(obj: object, index: int, queues: Collection[str], limits: Limits) -> JobSpec:
+def _spec_from_object(obj: object, index: int, queues: Collection[str], limits: Limits,
+                      submitted_by: str | None) -> JobSpec:
     if not isinstance(obj, dict):
         raise InvalidJob(f"jobs[{index}] must be an object")
     unknown = sorted(set(obj) - _EXTENDED_KEYS)
@@ -191,10 +195,11 @@ def _spec_from_object(obj: object, index: int, queues: Collection[str], limits: 
             raise InvalidJob(f"{where}: timeout must be a number of seconds")
         if not 0 < timeout <= 10 * 365 * 86400:
             raise InvalidJob(f"{where}: timeout must be a positive number of seconds")
-    return JobSpec(job_id, commands, argvs, queue, cwd, dict(env), float(timeout) if timeout else None)
+    return JobSpec(job_id, commands, argvs, queue, cwd, dict(env), float(timeout) if timeout else None, submitted_by)
 
 
-def specs_from_run_args(args: Mapping[str, Any], queues: Collection[str], limits: Limits = Limits()) -> list[JobSpec]:
+def specs_from_run_args(args: Mapping[str, Any], queues: Collection[str], limits: Limits = Limits(), *,
+                        submitted_by: str | None = None) -> list[JobSpec]:
     """
     Read the jobs of a ``run`` action, in either form.
 
@@ -213,7 +218,7 @@ def specs_from_run_args(args: Mapping[str, Any], queues: Collection[str], limits
         if len(args["jobs"]) > limits.max_jobs_per_run:
             raise InvalidJob(f"run: at most {limits.max_jobs_per_run} jobs in one request, got {len(args['jobs'])}")
         for index, obj in enumerate(args["jobs"]):
-            specs.append(_spec_from_object(obj, index, queues, limits))
+            specs.append(_spec_from_object(obj, index, queues, limits, submitted_by))
     else:
         items = [(k, v) for k, v in args.items() if k != "action"]
         if len(items) > limits.max_jobs_per_run:
@@ -221,7 +226,7 @@ def specs_from_run_args(args: Mapping[str, Any], queues: Collection[str], limits
         for job_id, value in items:
             _check_id(job_id, limits)
             commands, argvs = parse_commands(job_id, value, limits)
-            specs.append(JobSpec(job_id, commands, argvs, NO_QUEUE))
+            specs.append(JobSpec(job_id, commands, argvs, NO_QUEUE, submitted_by=submitted_by))
     if not specs:
         raise InvalidJob("run: no jobs given")
     seen: set[str] = set()
@@ -361,6 +366,9 @@ class Job:
         #: How much of each command's output running updates have carried.
         self.streamed: list[int] = []
         self.killed = False
+        #: Who ended it: a user's name, ``timeout`` or ``shutdown``; None
+        #: while nobody has.
+        self.killed_by: str | None = None
         self.timed_out = False
         self.interrupted = False
         self.signal: str | None = None
@@ -440,6 +448,8 @@ class Job:
             entry["time_started"] = iso_time(self.time_started)
         if self.current_cmd is not None:
             entry["current_cmd"] = self.current_cmd
+        if self.spec.submitted_by is not None:
+            entry["submitted_by"] = self.spec.submitted_by
         return entry
 
     def _details_head(self) -> dict[str, Any]:
@@ -501,6 +511,8 @@ class Job:
             "interrupted": self.interrupted,
             "signal": self.signal,
             "escalated": self.escalated,
+            "submitted_by": self.spec.submitted_by,
+            "killed_by": self.killed_by,
         }
 
 

@@ -393,9 +393,12 @@ class Router:
             raise RPCError(401, "not authenticated: log in with rpc/auth first")
         return session.user
 
-    def _require_full(self, session: Session, what: str) -> None:
+    def _require_full(self, session: Session, what: str, args: Any = None) -> None:
         user = self._require_user(session)
         if not user.may_write:
+            # The audit trail: who tried what, from where.
+            log.info("refused: user {username} from {peer} has read-only access and may not {what}: {request}",
+                     username=user.name, peer=session.peer, what=what, request=ascii(args)[:200])
             raise RPCError(403, f"user {user.name!r} has read-only access and may not {what}")
 
     # Authentication.
@@ -474,9 +477,10 @@ class Router:
         raise RPCError(400, f"dispatcher: unknown action {str(action)[:64]!r} (list, run or kill)")
 
     def _run(self, session: Session, args: dict[str, Any]) -> Any:
-        self._require_full(session, "run jobs")
+        self._require_full(session, "run jobs", args)
+        user = session.user
         try:
-            specs = self.dispatcher.parse_run(args)
+            specs = self.dispatcher.parse_run(args, user.name if user else None)
             submitted = self.dispatcher.submit(specs)
         except InvalidJob as e:
             raise RPCError(400, str(e)) from None
@@ -494,7 +498,7 @@ class Router:
         return submitted.addCallbacks(started, _refused)
 
     def _kill(self, session: Session, args: dict[str, Any]) -> Any:
-        self._require_full(session, "kill jobs")
+        self._require_full(session, "kill jobs", args)
         job_id = args.get("job_id")
         if isinstance(job_id, str):
             ids = [job_id]
@@ -503,7 +507,8 @@ class Router:
         else:
             raise RPCError(400, "kill: job_id must be a string or a non-empty list of strings")
         _require_text("kill", job_id="".join(ids))
-        d = self.dispatcher.kill(ids)
+        user = session.user
+        d = self.dispatcher.kill(ids, user.name if user else None)
         return d.addCallback(lambda result: {"killed": {"jobs": result[0], "not_found": result[1]}})
 
     # The history.

@@ -243,6 +243,8 @@ class JobRunner:
 
     def _timed_out(self) -> None:
         log.info("job {job_id}: timed out after {seconds}s", job_id=self.job.id, seconds=self.job.timeout)
+        if not (self.job.killed or self.job.timed_out):
+            self.job.killed_by = "timeout"
         self.kill(timed_out=True)
 
     def _begin_stop(self) -> None:

@@ -468,6 +468,8 @@ def test_record_fields() -> None:
         "interrupted": False,
         "signal": None,
         "escalated": False,
+        "submitted_by": None,
+        "killed_by": None,
     }
     json.dumps(record, allow_nan=False)
 
