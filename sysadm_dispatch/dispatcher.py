@@ -666,7 +666,10 @@ class Dispatcher(Service):
         return d.addErrback(_unavailable)
 
     def last_record(self, job_id: str) -> Deferred[dict[str, Any] | None]:
-        """The latest finished record of ``job_id``, or None."""
+        """The live record of ``job_id`` if it is pending or running, else its latest finished one, or None."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return succeed(job.live_record())
         store = self._history_store()
         if self._recovered:
             return store.latest(job_id).addErrback(_unavailable)

@@ -314,6 +314,20 @@ class CappedLog:
     def text(self) -> str:
         return self.getvalue().decode("utf-8", "replace")
 
+    def until(self, end: int) -> bytes:
+        """The output before byte ``end``, as far as it is kept (a marker stands for what the cap dropped)."""
+        end = min(end, self.total)
+        head_len = len(self._head)
+        if end <= head_len:
+            return bytes(self._head[:end])
+        tail_start = self.total - min(self._tail_size, self._tail_cap)
+        parts = [bytes(self._head)]
+        if tail_start > head_len:
+            parts.append(_marker(min(end, tail_start) - head_len))
+        if end > tail_start:
+            parts.append(self._tail_bytes()[: end - tail_start])
+        return b"".join(parts)
+
 
 def _marker(dropped: int) -> bytes:
     return f"\n[sysadm-dispatch: {dropped} bytes of output dropped here]\n".encode()
@@ -365,6 +379,9 @@ class Job:
         self.return_codes: list[int] = []
         #: How much of each command's output running updates have carried.
         self.streamed: list[int] = []
+        #: How many ``running`` updates with output have been made: each
+        #: running event and live record carries it, for late joiners.
+        self.updates = 0
         self.killed = False
         #: Who ended it: a user's name, ``timeout`` or ``shutdown``; None
         #: while nobody has.
@@ -487,6 +504,7 @@ class Job:
         since the previous update only, and the exit codes of the commands
         that ended.  Advances what counts as sent.
         """
+        self.updates += 1
         details = self._details_head()
         for index, log in enumerate(self.logs):
             command = self.spec.commands[index]
@@ -498,9 +516,27 @@ class Job:
                 details[f"return_codes/{command}"] = str(self.return_codes[index])
         return details
 
+    def live_record(self) -> dict[str, Any]:
+        """
+        The record of a pending or running job for ``rpc/logs``: each
+        command's output as far as the ``running`` updates so far carried
+        it (the next update goes on from there), and the exit codes so far.
+        """
+        if self.state != RUNNING:
+            return self.record()
+        details = self._details_head()
+        for index, log in enumerate(self.logs):
+            command = self.spec.commands[index]
+            data = log.until(self.streamed[index])
+            if data:
+                details[command] = details.get(command, "") + data.decode("utf-8", "replace")
+            if index < len(self.return_codes):
+                details[f"return_codes/{command}"] = str(self.return_codes[index])
+        return self.record(details)
+
     def record(self, details: dict[str, Any] | None = None) -> dict[str, Any]:
         """The ``args`` of a dispatcher event about this job (and its history record)."""
-        return {
+        record = {
             "state": self.state,
             "process_id": self.id,
             "process_details": self.process_details() if details is None else details,
@@ -514,6 +550,9 @@ class Job:
             "submitted_by": self.spec.submitted_by,
             "killed_by": self.killed_by,
         }
+        if self.state == RUNNING:
+            record["update"] = self.updates
+        return record
 
 
 def positions(jobs: Sequence[Job], numbered: bool) -> list[tuple[Job, str | None]]:

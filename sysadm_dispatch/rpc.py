@@ -540,7 +540,7 @@ class Router:
 
         def found(record: dict[str, Any] | None) -> dict[str, Any]:
             if record is None:
-                raise RPCError(404, f"no finished job {job_id[:256]!r} in the history")
+                raise RPCError(404, f"no job {job_id[:256]!r}: none is pending or running, and none in the history")
             return flat_record(record)
 
         return self.dispatcher.last_record(job_id).addCallbacks(found, _refused)
