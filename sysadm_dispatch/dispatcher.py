@@ -407,7 +407,6 @@ class Dispatcher(Service):
         self.queues[job.queue].started(job)
         if job.timeout is None and self.job_timeout:
             job.timeout = self.job_timeout
-        self._last_update[job.id] = self.reactor.seconds()
         self._publish(job)
         try:
             runner = self.runner_factory(
@@ -434,11 +433,17 @@ class Dispatcher(Service):
         self._start_ready()
 
     def _output(self, job: Job, index: int, data: bytes) -> None:
-        """New output: a ``running`` update follows, coalesced per job."""
+        """
+        New output: a ``running`` update follows, throttled per job on the
+        leading edge: the job's first output, and the first after a quiet
+        ``update_interval``, goes out at once (on the next turn of the
+        reactor, with whatever else came in that turn); output that comes
+        sooner after an update waits for the interval to end.
+        """
         if job.id in self._updates:
             return
-        due = self._last_update.get(job.id, 0.0) + self.update_interval
-        delay = max(0.0, due - self.reactor.seconds())
+        last = self._last_update.get(job.id)
+        delay = 0.0 if last is None else max(0.0, last + self.update_interval - self.reactor.seconds())
         self._updates[job.id] = self.reactor.callLater(delay, self._send_update, job)
 
     def _send_update(self, job: Job) -> None:
@@ -447,6 +452,9 @@ class Dispatcher(Service):
             return
         self._last_update[job.id] = self.reactor.seconds()
         self.events.publish("dispatcher", job.record(job.running_update()))
+        if job.cut:
+            # More than one update may carry: the rest follows on the next turn.
+            self._updates[job.id] = self.reactor.callLater(0, self._send_update, job)
 
     def _finish(self, job: Job) -> None:
         if job.id in self._interrupting:

@@ -29,6 +29,9 @@ DEFAULT_QUEUES: Mapping[str, int] = {"no_queue": 0, "pkg_queue": 1, "iocage_queu
 
 #: Exit code recorded for a command that could not be started at all.
 EXIT_NOT_STARTED = 127
+#: At most this much of a job's output (bytes as the job wrote them) goes in
+#: one ``running`` update; the rest follows in the next one.
+MAX_UPDATE_BYTES = 64 * 1024
 
 
 class InvalidJob(ValueError):
@@ -251,6 +254,8 @@ class CappedLog:
         self._tail: deque[bytes] = deque()
         self._tail_size = 0
         self._tail_cap = cap - self._head_cap
+        #: Whether the last ``since`` stopped short of the end for its limit.
+        self.short = False
 
     def write(self, data: bytes) -> None:
         self.total += len(data)
@@ -283,33 +288,41 @@ class CappedLog:
             return bytes(self._head) + _marker(self.dropped) + tail
         return bytes(self._head) + tail
 
-    def since(self, offset: int, final: bool = False) -> tuple[bytes, int]:
+    def since(self, offset: int, final: bool = False, limit: int | None = None) -> tuple[bytes, int]:
         """
-        The output from byte ``offset`` on, as far as it is kept (a marker
-        stands for what the cap dropped), and the offset to continue from.
-        Unless ``final``, an incomplete UTF-8 sequence at the end is held back
-        for next time.
+        The output from byte ``offset`` on, at most ``limit`` bytes of it, as
+        far as it is kept (a marker stands for what the cap dropped), and the
+        offset to continue from.  Unless ``final`` and all of it is taken,
+        an incomplete UTF-8 sequence at the end is held back for next time.
         """
         total = self.total
+        self.short = False
         if offset >= total:
             return b"", total
+        # What the cap dropped is one marker and does not count in ``limit``.
+        budget = total if limit is None else max(limit, 4)  # at least room for one character
         head_len = len(self._head)
         tail_start = total - min(self._tail_size, self._tail_cap)
         parts = []
         if offset < head_len:
-            parts.append(bytes(self._head[offset:]))
-            offset = head_len
-        if offset < tail_start:
+            take = min(head_len - offset, budget)
+            parts.append(bytes(self._head[offset : offset + take]))
+            offset += take
+            budget -= take
+        if head_len <= offset < tail_start:
             parts.append(_marker(tail_start - offset))
             offset = tail_start
-        if offset < total:
-            parts.append(self._tail_bytes()[offset - tail_start :])
+        if offset < total and budget > 0:
+            take = min(total - offset, budget)
+            parts.append(self._tail_bytes()[offset - tail_start : offset - tail_start + take])
+            offset += take
         data = b"".join(parts)
-        if not final:
+        self.short = offset < total
+        if not final or self.short:
             held = _incomplete_utf8_suffix(data)
             if held:
-                return data[:-held], total - held
-        return data, total
+                return data[:-held], offset - held
+        return data, offset
 
     def text(self) -> str:
         return self.getvalue().decode("utf-8", "replace")
@@ -382,6 +395,8 @@ class Job:
         #: How many ``running`` updates with output have been made: each
         #: running event and live record carries it, for late joiners.
         self.updates = 0
+        #: Whether the last update left output for the next (see ``running_update``).
+        self.cut = False
         self.killed = False
         #: Who ended it: a user's name, ``timeout`` or ``shutdown``; None
         #: while nobody has.
@@ -498,18 +513,27 @@ class Job:
     def has_unstreamed_output(self) -> bool:
         return any(log.total > sent for log, sent in zip(self.logs, self.streamed, strict=True))
 
-    def running_update(self) -> dict[str, Any]:
+    def running_update(self, limit: int = MAX_UPDATE_BYTES) -> dict[str, Any]:
         """
         ``process_details`` for a ``running`` update: each command's output
-        since the previous update only, and the exit codes of the commands
-        that ended.  Advances what counts as sent.
+        since the previous update only, at most ``limit`` bytes of it in all
+        (``cut`` says whether more is waiting), and the exit codes of the
+        commands that ended.  Advances what counts as sent.
         """
         self.updates += 1
+        self.cut = False
         details = self._details_head()
         for index, log in enumerate(self.logs):
             command = self.spec.commands[index]
             ended = index < len(self.return_codes)
-            data, self.streamed[index] = log.since(self.streamed[index], final=ended)
+            before = self.streamed[index]
+            if log.total > before and limit < 4:  # no room for a character
+                self.cut = True
+                data = b""
+            else:
+                data, self.streamed[index] = log.since(before, final=ended, limit=limit)
+                self.cut = self.cut or log.short
+                limit -= len(data)
             if data:
                 details[command] = details.get(command, "") + data.decode("utf-8", "replace")
             if ended:
@@ -536,7 +560,7 @@ class Job:
 
     def record(self, details: dict[str, Any] | None = None) -> dict[str, Any]:
         """The ``args`` of a dispatcher event about this job (and its history record)."""
-        record = {
+        record: dict[str, Any] = {
             "state": self.state,
             "process_id": self.id,
             "process_details": self.process_details() if details is None else details,
