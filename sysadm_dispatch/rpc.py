@@ -95,12 +95,42 @@ def _path(trail: tuple[Any, ...]) -> str:
     return out or "the message"
 
 
-def _check_shape(value: Any, max_depth: int, max_string: int | None, text: bool = True) -> None:
+def _check_shape(value: Any, max_depth: int, max_string: int | None) -> None:
     """
     Raise ``RPCError(400)`` naming the field if ``value`` nests deeper than
     ``max_depth``, holds a longer string, a string that is not Unicode text
     (a lone surrogate), or an object with a key given twice.
     """
+    if _faulty(value, max_depth, max_string):
+        _report(value, max_depth, max_string)
+
+
+def _faulty(value: Any, max_depth: int, max_string: int | None) -> bool:
+    """Whether ``_report`` will find something: a quick walk, that keeps no paths."""
+    limit = max_string if max_string is not None else -1
+    stack = [(value, 1)]
+    while stack:  # iteratively: no recursion on hostile input
+        item, depth = stack.pop()
+        if depth > max_depth:
+            return True
+        if isinstance(item, dict):
+            if isinstance(item, _Repeated):
+                return True
+            for key in item:
+                if (limit >= 0 and len(key) > limit) or (not key.isascii() and _not_text(key) is not None):
+                    return True
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, str) and (
+            (limit >= 0 and len(item) > limit) or (not item.isascii() and _not_text(item) is not None)
+        ):
+            return True
+    return False
+
+
+def _report(value: Any, max_depth: int, max_string: int | None, text: bool = True) -> None:
+    """Raise the ``RPCError(400)`` for what ``_faulty`` found, naming where it is."""
     stack: list[tuple[Any, int, tuple[Any, ...]]] = [(value, 1, ())]
     while stack:  # iteratively: no recursion on hostile input
         item, depth, trail = stack.pop()
