@@ -427,8 +427,8 @@ class Router:
         user = self._require_user(session)
         if not user.may_write:
             # The audit trail: who tried what, from where.
-            log.info("refused: user {username} from {peer} has read-only access and may not {what}: {request}",
-                     username=user.name, peer=session.peer, what=what, request=ascii(args)[:200])
+            log.info("refused: user {username} from {peer} has read-only access and may not {what}: {jobs}",
+                     username=user.name, peer=session.peer, what=what, jobs=_job_ids(args))
             raise RPCError(403, f"user {user.name!r} has read-only access and may not {what}")
 
     # Authentication.
@@ -605,6 +605,19 @@ class Router:
         for name in names:
             session.events.unsubscribe(name)
         return {"unsubscribe": names[0] if len(names) == 1 else names}
+
+
+def _job_ids(args: Any) -> str:
+    """The job ids a ``run`` or ``kill`` names, for the log (not their commands or environment)."""
+    if not isinstance(args, dict):
+        return "?"
+    if "job_id" in args:
+        ids = args["job_id"]
+    elif isinstance(args.get("jobs"), list):
+        ids = [job.get("id", f"jobs[{n}]") if isinstance(job, dict) else "?" for n, job in enumerate(args["jobs"])]
+    else:
+        ids = [key for key in args if key != "action"]
+    return ascii(ids)[:200]
 
 
 def _require_text(what: str, **fields: str) -> None:
