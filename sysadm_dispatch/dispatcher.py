@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from .events import EventHub
 from .job import (
     DEFAULT_QUEUES,
+    EXIT_NOT_STARTED,
     FINISHED,
     NO_QUEUE,
     PENDING,
@@ -130,9 +131,9 @@ class Dispatcher(Service):
 
     # Accepting work.
 
-    def parse_run(self, args: Mapping[str, Any]) -> list[JobSpec]:
-        """Read and check the jobs of a ``run`` request; raises ``InvalidJob``."""
-        specs = specs_from_run_args(args, self.queues, self.limits)
+    def parse_run(self, args: Mapping[str, Any], submitted_by: str | None = None) -> list[JobSpec]:
+        """Read and check the jobs of a ``run`` request (from user ``submitted_by``); raises ``InvalidJob``."""
+        specs = specs_from_run_args(args, self.queues, self.limits, submitted_by=submitted_by)
         self.check(specs)
         return specs
 
@@ -253,11 +254,13 @@ class Dispatcher(Service):
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        submitted_by: str | None = None,
     ) -> Deferred[dict[str, Any]]:
         """
-        Queue one job; the Deferred fires with its finished record (the
-        ``args`` of its ``finished`` event), or fails with ``Unavailable`` if
-        the job could not be recorded.  Raises ``InvalidJob``.
+        Queue one job (for ``submitted_by``, if given: a name for the
+        records); the Deferred fires with its finished record (the ``args``
+        of its ``finished`` event), or fails with ``Unavailable`` if the job
+        could not be recorded.  Raises ``InvalidJob``.
         """
         obj: dict[str, Any] = {
             "commands": commands if isinstance(commands, str) else list(commands),
@@ -271,7 +274,7 @@ class Dispatcher(Service):
             obj["env"] = dict(env)
         if timeout:
             obj["timeout"] = timeout
-        [spec] = self.parse_run({"action": "run", "jobs": [obj]})
+        [spec] = self.parse_run({"action": "run", "jobs": [obj]}, submitted_by)
         # Waiting before submitting: a job may finish as soon as it is queued.
         done: Deferred[dict[str, Any]] = Deferred()
         self._waiters.setdefault(spec.id, []).append(done)
@@ -408,14 +411,26 @@ class Dispatcher(Service):
         self.queues[job.queue].started(job)
         if job.timeout is None and self.job_timeout:
             job.timeout = self.job_timeout
-        runner = self.runner_factory(
-            self.reactor, job, environ=self.environ, kill_grace=self.kill_grace, on_output=self._output
-        )
-        self._runners[job.id] = runner
-        self._last_update[job.id] = self.reactor.seconds()
         self._publish(job)
         self._tell(job, "started")
-        runner.start().addCallback(self._ended)
+        try:
+            runner = self.runner_factory(
+                self.reactor, job, environ=self.environ, kill_grace=self.kill_grace, on_output=self._output
+            )
+            self._runners[job.id] = runner
+            done = runner.start()
+        except Exception as e:
+            # A bug, or something unforeseen: the job ends as one that could not start.
+            log.failure("bug while starting job {job_id}", job_id=job.id)
+            self._runners.pop(job.id, None)
+            if len(job.logs) == len(job.return_codes):
+                job.begin_command()
+            job.logs[-1].write(f"sysadm-dispatch: cannot run command: internal error ({type(e).__name__}); "
+                               "the server log has the details\n".encode())
+            job.end_command(EXIT_NOT_STARTED)
+            self._ended(job)
+            return
+        done.addCallback(self._ended)
 
     def _ended(self, job: Job) -> None:
         self._runners.pop(job.id, None)
@@ -423,11 +438,17 @@ class Dispatcher(Service):
         self._start_ready()
 
     def _output(self, job: Job, index: int, data: bytes) -> None:
-        """New output: a ``running`` update follows, coalesced per job."""
+        """
+        New output: a ``running`` update follows, throttled per job on the
+        leading edge: the job's first output, and the first after a quiet
+        ``update_interval``, goes out at once (on the next turn of the
+        reactor, with whatever else came in that turn); output that comes
+        sooner after an update waits for the interval to end.
+        """
         if job.id in self._updates:
             return
-        due = self._last_update.get(job.id, 0.0) + self.update_interval
-        delay = max(0.0, due - self.reactor.seconds())
+        last = self._last_update.get(job.id)
+        delay = 0.0 if last is None else max(0.0, last + self.update_interval - self.reactor.seconds())
         self._updates[job.id] = self.reactor.callLater(delay, self._send_update, job)
 
     def _send_update(self, job: Job) -> None:
@@ -436,6 +457,9 @@ class Dispatcher(Service):
             return
         self._last_update[job.id] = self.reactor.seconds()
         self.events.publish("dispatcher", job.record(job.running_update()))
+        if job.cut:
+            # More than one update may carry: the rest follows on the next turn.
+            self._updates[job.id] = self.reactor.callLater(0, self._send_update, job)
 
     def _finish(self, job: Job) -> None:
         if job.id in self._interrupting:
@@ -486,15 +510,16 @@ class Dispatcher(Service):
             out[queue.name] = {job.id: job.list_entry(pos) for job, pos in positions(list(queue), queue.numbered)}
         return out
 
-    def kill(self, job_ids: Iterable[str]) -> Deferred[tuple[list[str], list[str]]]:
+    def kill(self, job_ids: Iterable[str], by: str | None = None) -> Deferred[tuple[list[str], list[str]]]:
         """
-        Kill jobs: a pending one leaves its queue and never starts; a running
-        one is signalled.  Fires with ``(killed, not_found)`` once every
-        killed job has finished, its processes gone.
+        Kill jobs (for user ``by``, if given: a name for the records and the
+        log): a pending one leaves its queue and never starts; a running one
+        is signalled.  Fires with ``(killed, not_found)`` once every killed
+        job has finished, its processes gone.
         """
         if not self._recovered:
             ids = list(job_ids)
-            return self.when_recovered().addCallback(lambda _: self.kill(ids))
+            return self.when_recovered().addCallback(lambda _: self.kill(ids, by))
         killed: list[str] = []
         not_found: list[str] = []
         waits = []
@@ -505,12 +530,14 @@ class Dispatcher(Service):
                 continue
             killed.append(job_id)
             waits.append(self.finished(job_id))
+            if not (job.killed or job.timed_out):
+                job.killed_by = by  # the first to end it
             if job.state == PENDING:
                 job.killed = True
-                log.info("job {job_id} killed while pending", job_id=job_id)
+                log.info("job {job_id} killed while pending by {by}", job_id=job_id, by=by)
                 self._finish(job)
             else:
-                log.info("job {job_id} killed while running", job_id=job_id)
+                log.info("job {job_id} killed while running by {by}", job_id=job_id, by=by)
                 self._runners[job_id].kill()
         self._start_ready()
         d = DeferredList(waits, consumeErrors=True)
@@ -537,7 +564,7 @@ class Dispatcher(Service):
         self._interrupting.update(job.id for job in running if not (job.killed or job.timed_out))
         if running:
             log.info("stopping: killing {count} running jobs", count=len(running))
-            d = self.kill([job.id for job in running]).addCallback(lambda _: None)
+            d = self.kill([job.id for job in running], "shutdown").addCallback(lambda _: None)
         else:
             d = succeed(None)
         # Then whatever orphans of jobs no job claimed (a subreaper server's).
@@ -664,7 +691,10 @@ class Dispatcher(Service):
         return d.addErrback(_unavailable)
 
     def last_record(self, job_id: str) -> Deferred[dict[str, Any] | None]:
-        """The latest finished record of ``job_id``, or None."""
+        """The live record of ``job_id`` if it is pending or running, else its latest finished one, or None."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return succeed(job.live_record())
         store = self._history_store()
         if self._recovered:
             return store.latest(job_id).addErrback(_unavailable)

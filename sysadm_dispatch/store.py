@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.application.service import Service
@@ -57,6 +57,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             record TEXT NOT NULL)""",
         "CREATE INDEX history_by_time ON history (time_finished)",
         "CREATE INDEX history_by_job ON history (job_id)",
+    ),
+    (
+        # Who submitted a job and who ended it (a user, timeout, shutdown):
+        # NULL in rows written before.
+        "ALTER TABLE active_jobs ADD COLUMN submitted_by TEXT",
+        "ALTER TABLE history ADD COLUMN submitted_by TEXT",
+        "ALTER TABLE history ADD COLUMN killed_by TEXT",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -292,7 +299,7 @@ class Store:
 
     def add(self, jobs: Sequence[tuple[JobSpec, float, float | None]]) -> Deferred[None]:
         """Record accepted jobs in this order: ``(spec, time queued, time started or None)``."""
-        rows = [(spec.id, spec_to_json(spec), queued, started) for spec, queued, started in jobs]
+        rows = [(spec.id, spec_to_json(spec), queued, started, spec.submitted_by) for spec, queued, started in jobs]
         # Other jobs' waiting ends may stay waiting; an end of one of these goes first.
         ending = {job_id for (job_id, _, _), _ in self._finishes}
         return self._submit(self._add, (rows,), write=True, flush=not ending.isdisjoint(row[0] for row in rows))
@@ -439,8 +446,10 @@ class Store:
         except StoreError as e:
             self._unavailable = f"the job store is unavailable: {e}"
             raise
-        rows = self._conn.execute("SELECT spec, time_queued, time_started FROM active_jobs ORDER BY seq").fetchall()
-        return Opened([StoredJob(spec_from_json(spec), queued, started) for spec, queued, started in rows], moved)
+        rows = self._conn.execute(
+            "SELECT spec, time_queued, time_started, submitted_by FROM active_jobs ORDER BY seq").fetchall()
+        return Opened([StoredJob(replace(spec_from_json(spec), submitted_by=by), queued, started)
+                       for spec, queued, started, by in rows], moved)
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -448,12 +457,13 @@ class Store:
             self._conn = None
         self._unavailable = "the job store is closed"
 
-    def _add(self, rows: list[tuple[str, str, float, float | None]]) -> None:
+    def _add(self, rows: list[tuple[str, str, float, float | None, str | None]]) -> None:
         assert self._conn is not None
         # REPLACE: a row left behind by a job whose end could not be recorded
         # is stale; the dispatcher's job table is the truth about what is active.
         self._conn.executemany(
-            "INSERT OR REPLACE INTO active_jobs (job_id, spec, time_queued, time_started) VALUES (?, ?, ?, ?)", rows)
+            "INSERT OR REPLACE INTO active_jobs (job_id, spec, time_queued, time_started, submitted_by) "
+            "VALUES (?, ?, ?, ?, ?)", rows)
 
     def _probe(self) -> None:
         assert self._conn is not None
@@ -475,8 +485,9 @@ class Store:
         assert self._conn is not None
         self._conn.executemany("DELETE FROM active_jobs WHERE job_id = ?", [(job_id,) for job_id, _, _ in rows])
         self._conn.executemany(
-            "INSERT INTO history (job_id, time_finished, record) VALUES (?, ?, ?)",
-            [(job_id, time_finished, json.dumps(record, ensure_ascii=False)) for job_id, time_finished, record in rows])
+            "INSERT INTO history (job_id, time_finished, record, submitted_by, killed_by) VALUES (?, ?, ?, ?, ?)",
+            [(job_id, time_finished, json.dumps(record, ensure_ascii=False), record.get("submitted_by"),
+              record.get("killed_by")) for job_id, time_finished, record in rows])
 
     def _history(self, start: float, end: float, limit: int) -> HistoryPage:
         assert self._conn is not None

@@ -25,7 +25,10 @@ def test_documented_example_runs(tmp_path: Any) -> None:
                          timeout=60, check=True).stdout
     lines = out.splitlines()
     assert lines[0].startswith("listening ")
-    assert [line for line in lines if line.startswith("event")] == ["event pending", "event running", "event finished"]
+    events = [line for line in lines if line.startswith("event")]
+    # Output may go out in running updates of its own before the end (a job's first at once).
+    assert events[:2] == ["event pending", "event running"] and events[-1] == "event finished", events
+    assert set(events[2:-1]) <= {"event running"}, events
     record = json.loads(next(line for line in lines if line.startswith("record "))[len("record "):])
     assert record["success"] == "true"
     assert record["queue"] == "backup_queue"
