@@ -600,3 +600,41 @@ async def test_a_big_run_starts_in_slices_and_a_stop_keeps_the_waiting_ones_pend
     first = await store.latest("big000")
     assert first["interrupted"] is True
     await store.close()
+
+
+@ensure
+async def test_killing_many_pending_jobs_finishes_them_in_slices(path: str) -> None:
+    events: list[dict[str, Any]] = []
+    dispatcher = await start(path, events)
+    per_turn = dispatcher_module.KILLS_PER_TURN
+    count = per_turn * 3
+    await with_timeout(dispatcher.submit(dispatcher.parse_run({"action": "run", "jobs": [
+        {"id": "blocker", "commands": "sleep 30", "queue": "pkg_queue"},
+        *({"id": f"p{i}", "commands": "true", "queue": "pkg_queue"} for i in range(count))]})))
+    ids = [f"p{i}" for i in range(count)]
+    d = dispatcher.kill(ids)
+    # At once: out of the queue (never started, no longer listed), the
+    # first slice finished; the others on the next turns.
+    assert list(dispatcher.list_jobs()["pkg_queue"]) == ["blocker"]
+    finished = [e["process_id"] for e in events if e["state"] == "finished"]
+    assert finished == ids[:per_turn]
+    assert not d.called
+    killed, not_found = await with_timeout(d)
+    assert (killed, not_found) == (ids, [])
+    finished = [e["process_id"] for e in events if e["state"] == "finished"]
+    assert finished == ids
+    assert all(e["killed"] is True for e in events if e["state"] == "finished")
+    assert set(dispatcher.jobs) == {"blocker"}
+    # A second kill of the same ids while a first is finishing them waits for it;
+    # a stop meanwhile records every one of them as killed.
+    more = [f"q{i}" for i in range(count)]
+    await with_timeout(dispatcher.submit(dispatcher.parse_run({"action": "run", "jobs": [
+        {"id": job_id, "commands": "true", "queue": "pkg_queue"} for job_id in more]})))
+    first, second = dispatcher.kill(more), dispatcher.kill(more[-2:])
+    assert not first.called and not second.called
+    await with_timeout(dispatcher.stopService())
+    assert (await with_timeout(first))[0] == more and (await with_timeout(second))[0] == more[-2:]
+    store, opened = await open_store(path)
+    assert opened.jobs == []  # none pending again: all killed, the blocker interrupted
+    assert (await store.latest(more[-1]))["killed"] is True
+    await store.close()
