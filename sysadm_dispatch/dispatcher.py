@@ -30,6 +30,7 @@ from .job import (
     positions,
     specs_from_run_args,
 )
+from .memory import Trimmer
 from .queues import Queue
 from .runner import JobRunner, stop_orphans
 from .store import HistoryPage, Opened, Store, StoreError
@@ -135,6 +136,8 @@ class Dispatcher(Service):
         self._recovered = store is None
         self._recovery_waiters: list[Deferred[None]] = []
         self._start_retry: Any = None
+        #: Gives memory back after the output of finished jobs is let go.
+        self.trimmer = Trimmer(reactor)
 
     # Accepting work.
 
@@ -471,6 +474,7 @@ class Dispatcher(Service):
         self.events.publish("dispatcher", record)
         for d in self._waiters.pop(job.id, []):
             d.callback(record)
+        self.trimmer.released(sum(min(log.total, log.cap) for log in job.logs))
 
     def _publish(self, job: Job) -> None:
         if self.events.subscriber_count("dispatcher"):  # a record costs more than the check
@@ -570,6 +574,7 @@ class Dispatcher(Service):
         if self._start_call is not None and self._start_call.active():
             self._start_call.cancel()
         self._start_call = None
+        self.trimmer.stop()
         self._drain_starts()  # none starts now: those waiting are pending again
         self._finish_killed(None)  # pending jobs killed before the stop are recorded as killed
         running = [job for job in self.jobs.values() if job.state != PENDING and job.state != FINISHED]
