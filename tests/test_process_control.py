@@ -418,7 +418,7 @@ async def test_500_jobs_at_once_listed_killed_and_no_descriptor_leaks(server: Se
     assert status == 200 and sorted(body["args"]["killed"]["jobs"]) == sorted(ids)
     assert [pid for pid in pids if pid_alive(pid)] == []
     # docs/processes.rst: "a fraction of a second" (with a margin for a busy machine).
-    assert killed_in < 1.5
+    assert killed_in < 2.0
     for job_id in ids:
         record = await server.wait_finished(job_id)
         assert record["killed"] is True and record["signal"] == "SIGTERM"
