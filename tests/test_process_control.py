@@ -352,8 +352,9 @@ def rss_bytes() -> int:
 #: The issue's flood: 1 GiB as fast as ``head`` writes it (a few seconds here).
 FLOOD_BYTES = 1 << 30
 #: What the server's resident memory may grow by meanwhile: docs/processes.rst
-#: says a few MiB, up to about 24 MiB for the first flood after it starts
-#: (this one), with a margin for the allocator.
+#: says a few MiB, and up to about 46 MiB for the first flood after it starts
+#: (this one; ``bench/capture.py`` under twistd).  Here it is about 20 MiB:
+#: the bound is kept near that, with a margin for the allocator.
 RSS_BOUND = 32 << 20
 
 
@@ -417,7 +418,7 @@ async def test_500_jobs_at_once_listed_killed_and_no_descriptor_leaks(server: Se
     killed_in = reactor.seconds() - before
     assert status == 200 and sorted(body["args"]["killed"]["jobs"]) == sorted(ids)
     assert [pid for pid in pids if pid_alive(pid)] == []
-    # docs/processes.rst: "a fraction of a second" (with a margin for a busy machine).
+    # docs/processes.rst: "under a second" (with a margin for a busy machine).
     assert killed_in < 2.0
     for job_id in ids:
         record = await server.wait_finished(job_id)
