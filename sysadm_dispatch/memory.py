@@ -77,8 +77,8 @@ class Trimmer:
         self._released = 0
         self.trims += 1
         assert self.trim is not None
-        if not self.in_thread:
-            self.trim(0)
+        if not self.in_thread or not hasattr(self.reactor, "getThreadPool"):
+            self.trim(0)  # a reactor without threads (a test's clock): here, at once
             return
         d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.trim, 0)
         d.addErrback(lambda f: log.failure("giving memory back to the system failed", f))
