@@ -31,6 +31,7 @@ from .job import (
     positions,
     specs_from_run_args,
 )
+from .memory import Trimmer
 from .queues import Queue
 from .runner import JobRunner, stop_orphans
 from .store import HistoryPage, Opened, Store, StoreError
@@ -48,6 +49,9 @@ START_RETRY_SECONDS = 1.0
 #: the reactor, so that other requests are answered in between (starting a
 #: thousand jobs takes about half a second).
 STARTS_PER_TURN = 32
+#: Pending jobs a kill finishes in one go: the rest on the next turns, for
+#: the same reason (finishing 10,000 at once held other requests 2 s).
+KILLS_PER_TURN = 128
 
 
 class Dispatcher(Service):
@@ -120,14 +124,24 @@ class Dispatcher(Service):
         self._start_call: Any = None
         self._start_budget = STARTS_PER_TURN
         self._draining = False
+        # Pending jobs killed but not yet finished (see ``kill``), and the
+        # kill requests waiting for them: (count finished when it is done, Deferred).
+        self._to_finish: deque[Job] = deque()
+        self._kills_done = 0
+        self._kill_waits: deque[tuple[int, Deferred[None]]] = deque()
+        self._kill_call: Any = None
+        self._finishing = False
         self._interrupting: set[str] = set()
-        self._writes: set[Deferred[None]] = set()
+        self._writes = 0
+        self._writes_waiters: list[Deferred[None]] = []
         self._recovered = store is None
         self._recovery_waiters: list[Deferred[None]] = []
         self._start_retry: Any = None
         #: ``observe(job, change)`` for each job submitted, started, finished
         #: or recovered from the store (the metrics count with these).
         self.observers: list[Callable[[Job, str], None]] = []
+        #: Gives memory back after the output of finished jobs is let go.
+        self.trimmer = Trimmer(reactor)
 
     # Accepting work.
 
@@ -339,7 +353,7 @@ class Dispatcher(Service):
 
         def recorded(_: object) -> None:
             self._starting_jobs.discard(job)
-            if self.jobs.get(job.id) is not job or job.state != PENDING:
+            if self.jobs.get(job.id) is not job or job.state != PENDING or job.killed:
                 return  # killed meanwhile; its end is recorded after this
             if self._stopping:
                 self._keep_pending(job)
@@ -382,7 +396,7 @@ class Dispatcher(Service):
             while self._to_start and (self._start_budget > 0 or self._stopping):
                 job = self._to_start.popleft()
                 self._starting_jobs.discard(job)
-                if self.jobs.get(job.id) is not job or job.state != PENDING:
+                if self.jobs.get(job.id) is not job or job.state != PENDING or job.killed:
                     continue  # killed while it waited
                 if self._stopping:
                     self._keep_pending(job)
@@ -461,7 +475,7 @@ class Dispatcher(Service):
             # More than one update may carry: the rest follows on the next turn.
             self._updates[job.id] = self.reactor.callLater(0, self._send_update, job)
 
-    def _finish(self, job: Job) -> None:
+    def _finish(self, job: Job, *, logged: bool = False) -> None:
         if job.id in self._interrupting:
             # Ended because the server stops, not by a user's kill.
             self._interrupting.discard(job.id)
@@ -477,7 +491,7 @@ class Dispatcher(Service):
         # The requester's line (rpc) says who ran what; the history keeps every
         # outcome.  The log adds a line only for a job that did not succeed:
         # a line per job more was a tenth of a busy server's time.
-        if not job.success:
+        if not job.success and not logged:
             log.info(
                 "job {job_id} did not succeed: killed={killed} timed_out={timed_out} interrupted={interrupted} "
                 "return_codes={codes}",
@@ -490,6 +504,7 @@ class Dispatcher(Service):
         self.events.publish("dispatcher", record)
         for d in self._waiters.pop(job.id, []):
             d.callback(record)
+        self.trimmer.released(sum(min(log.total, log.cap) for log in job.logs))
 
     def _tell(self, job: Job, change: str) -> None:
         for observe in self.observers:
@@ -516,32 +531,69 @@ class Dispatcher(Service):
         log): a pending one leaves its queue and never starts; a running one
         is signalled.  Fires with ``(killed, not_found)`` once every killed
         job has finished, its processes gone.
+
+        Pending jobs leave their queues at once (no longer listed, never
+        started) and finish ``KILLS_PER_TURN`` per turn of the reactor, so
+        that killing thousands keeps answering other requests meanwhile.
         """
         if not self._recovered:
             ids = list(job_ids)
             return self.when_recovered().addCallback(lambda _: self.kill(ids, by))
         killed: list[str] = []
         not_found: list[str] = []
-        waits = []
+        waits: list[Deferred[Any]] = []
+        pending: list[Job] = []
         for job_id in dict.fromkeys(job_ids):
             job = self.jobs.get(job_id)
             if job is None:
                 not_found.append(job_id)
                 continue
             killed.append(job_id)
-            waits.append(self.finished(job_id))
             if not (job.killed or job.timed_out):
                 job.killed_by = by  # the first to end it
-            if job.state == PENDING:
-                job.killed = True
-                log.info("job {job_id} killed while pending by {by}", job_id=job_id, by=by)
-                self._finish(job)
-            else:
+            if job.state != PENDING:
+                waits.append(self.finished(job_id))
                 log.info("job {job_id} killed while running by {by}", job_id=job_id, by=by)
                 self._runners[job_id].kill()
+            elif job.killed:
+                waits.append(self.finished(job_id))  # killed by an earlier request, finishing
+            else:
+                job.killed = True
+                self.queues[job.queue].remove(job)
+                pending.append(job)
+        if pending:
+            log.info("jobs {ids!r} killed while pending by {by}", ids=[job.id for job in pending], by=by)
+            self._to_finish.extend(pending)
+            done: Deferred[None] = Deferred()
+            self._kill_waits.append((self._kills_done + len(self._to_finish), done))
+            waits.append(done)
+            self._finish_killed()
         self._start_ready()
         d = DeferredList(waits, consumeErrors=True)
         return d.addCallback(lambda _: (killed, not_found))
+
+    def _finish_killed(self, budget: int | None = KILLS_PER_TURN) -> None:
+        """Finish killed pending jobs: ``budget`` of them now (all if None), the rest on the next turns."""
+        if self._kill_call is not None and self._kill_call.active():
+            self._kill_call.cancel()
+        self._kill_call = None
+        if self._finishing:
+            return
+        self._finishing = True
+        try:
+            while self._to_finish and (budget is None or budget > 0):
+                job = self._to_finish.popleft()
+                self._kills_done += 1
+                if budget is not None:
+                    budget -= 1
+                if self.jobs.get(job.id) is job:
+                    self._finish(job, logged=True)
+                while self._kill_waits and self._kill_waits[0][0] <= self._kills_done:
+                    self._kill_waits.popleft()[1].callback(None)
+        finally:
+            self._finishing = False
+        if self._to_finish and not self._stopping:
+            self._kill_call = self.reactor.callLater(0, self._finish_killed)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -559,7 +611,9 @@ class Dispatcher(Service):
         if self._start_call is not None and self._start_call.active():
             self._start_call.cancel()
         self._start_call = None
+        self.trimmer.stop()
         self._drain_starts()  # none starts now: those waiting are pending again
+        self._finish_killed(None)  # pending jobs killed before the stop are recorded as killed
         running = [job for job in self.jobs.values() if job.state != PENDING and job.state != FINISHED]
         self._interrupting.update(job.id for job in running if not (job.killed or job.timed_out))
         if running:
@@ -667,20 +721,23 @@ class Dispatcher(Service):
 
     def _track(self, d: Deferred[Any]) -> Deferred[Any]:
         """Count ``d`` among the store writes that stopping waits for."""
-        done: Deferred[None] = Deferred()
-        self._writes.add(done)
+        self._writes += 1
+        return d.addBoth(self._settled)
 
-        def settled(result: Any) -> Any:
-            self._writes.discard(done)
-            done.callback(None)
-            return result
-
-        return d.addBoth(settled)
+    def _settled(self, result: Any) -> Any:
+        self._writes -= 1
+        if not self._writes:
+            waiters, self._writes_waiters = self._writes_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        return result
 
     def _writes_done(self) -> Deferred[None]:
         if not self._writes:
             return succeed(None)
-        return DeferredList(list(self._writes)).addCallback(lambda _: self._writes_done())
+        waiter: Deferred[None] = Deferred()
+        self._writes_waiters.append(waiter)
+        return waiter
 
     def read_history(self, start: float, end: float, limit: int) -> Deferred[HistoryPage]:
         """Finished records in ``[start, end]``, newest first, at most ``limit``, and whether more matched."""

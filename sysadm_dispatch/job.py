@@ -283,10 +283,14 @@ class CappedLog:
         return b"".join(self._tail)[-self._tail_cap :] if self._tail_cap > 0 else b""
 
     def getvalue(self) -> bytes:
-        tail = self._tail_bytes()
+        # Joined in one copy, not one per part: a log is up to the cap.
+        tail: list[bytes | bytearray] = list(self._tail)
+        excess = self._tail_size - self._tail_cap
+        if tail and excess > 0:
+            tail[0] = tail[0][excess:]
         if self.dropped:
-            return bytes(self._head) + _marker(self.dropped) + tail
-        return bytes(self._head) + tail
+            return b"".join((self._head, _marker(self.dropped), *tail))
+        return b"".join((self._head, *tail))
 
     def since(self, offset: int, final: bool = False, limit: int | None = None) -> tuple[bytes, int]:
         """

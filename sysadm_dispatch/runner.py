@@ -354,6 +354,10 @@ class JobRunner:
         for command in self._commands:
             if command.output_open:
                 command.abandon()
+        # The commands call back into this runner: without them, the job
+        # (and its logs, up to the cap per command) is freed as soon as it is
+        # dropped, not when the cycle collector next runs.
+        self._commands = []
         if self.tree is not None:
             self.processes.forget(self.tree)
         self.done.callback(self.job)

@@ -484,10 +484,12 @@ class Store:
     def _finish(self, rows: list[tuple[str, float, dict[str, Any]]]) -> None:
         assert self._conn is not None
         self._conn.executemany("DELETE FROM active_jobs WHERE job_id = ?", [(job_id,) for job_id, _, _ in rows])
+        # Encoded one at a time as SQLite takes them: a record may hold
+        # megabytes of output, and a batch hundreds of records.
         self._conn.executemany(
             "INSERT INTO history (job_id, time_finished, record, submitted_by, killed_by) VALUES (?, ?, ?, ?, ?)",
-            [(job_id, time_finished, json.dumps(record, ensure_ascii=False), record.get("submitted_by"),
-              record.get("killed_by")) for job_id, time_finished, record in rows])
+            ((job_id, time_finished, json.dumps(record, ensure_ascii=False), record.get("submitted_by"),
+              record.get("killed_by")) for job_id, time_finished, record in rows))
 
     def _history(self, start: float, end: float, limit: int) -> HistoryPage:
         assert self._conn is not None
