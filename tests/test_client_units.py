@@ -405,14 +405,14 @@ def test_record_lines_finished_and_still_running() -> None:
     finished["process_details"].update(cmd0="hello\n", cmd1="", time_started="2026-01-02T03:04:05+00:00",
                                        time_finished="2026-01-02T03:04:07+00:00")
     lines = format.record_lines(finished)
-    assert "outcome   failed (exit code 2)" in lines
-    assert "duration  2.0s" in lines
-    assert "by        bob" in lines and "killed by alice" in lines
+    assert "outcome       failed (exit code 2)" in lines
+    assert "duration      2.0s" in lines
+    assert "submitted by  bob" in lines and "killed by     alice" in lines
     assert lines[lines.index("$ cmd0  (exit 0)") + 1] == "hello"
     assert "$ cmd1  (exit 2)" in lines
     running = {"state": "running", "process_id": "r", "process_details": {"cmd_list": ["a", "b"], "a": "x\n"}}
     lines = format.record_lines(running)
-    assert "outcome   running" in lines
+    assert "outcome       running" in lines
     assert "$ b  (not run)" in lines
 
 

@@ -180,20 +180,20 @@ def record_lines(record: Mapping[str, Any]) -> list[str]:
     details = record.get("process_details") or {}
     duration = record_duration(record)
     lines = [
-        f"job       {record.get('process_id', '?')}",
-        f"queue     {record.get('queue', '-')}",
-        f"outcome   {outcome(record)}" + (f" (exit code {exit_code(record)})" if record.get("state", "finished")
-                                             == "finished" else ""),
-        f"started   {details.get('time_started', '-')}",
-        f"finished  {details.get('time_finished', '-')}",
-        f"duration  {human_duration(duration) if duration is not None else '-'}",
+        f"job           {record.get('process_id', '?')}",
+        f"queue         {record.get('queue', '-')}",
+        f"outcome       {outcome(record)}" + (f" (exit code {exit_code(record)})" if record.get("state", "finished")
+                                                 == "finished" else ""),
+        f"started       {details.get('time_started', '-')}",
+        f"finished      {details.get('time_finished', '-')}",
+        f"duration      {human_duration(duration) if duration is not None else '-'}",
     ]
     if record.get("signal"):
-        lines.append(f"signal    {record['signal']}")
+        lines.append(f"signal        {record['signal']}")
     if record.get("submitted_by"):
-        lines.append(f"by        {record['submitted_by']}")
+        lines.append(f"submitted by  {record['submitted_by']}")
     if record.get("killed_by"):
-        lines.append(f"killed by {record['killed_by']}")
+        lines.append(f"killed by     {record['killed_by']}")
     shown: set[str] = set()
     for command in details.get("cmd_list") or []:
         if command in shown:
