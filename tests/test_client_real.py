@@ -283,6 +283,32 @@ async def test_watch_lines(server: Server, home: str) -> None:
         watcher.kill_if_running()
 
 
+@ensure
+async def test_watch_ends_quietly_on_sigterm(server: Server, home: str) -> None:
+    watcher = start_client(["watch", "--json"], env_for(server, home))
+    try:
+        await watcher.wait_for("watching", stream="stderr")
+        watcher.signal("TERM")
+        assert await watcher.finish() == 0
+        assert "sysadm-dispatch:" not in watcher.err, watcher.err
+    finally:
+        watcher.kill_if_running()
+
+
+@ensure
+async def test_sigterm_while_following_detaches_and_says_how_to_follow(server: Server, home: str) -> None:
+    follower = start_client(["run", "--id", "term1", "sleep 30"], env_for(server, home))
+    try:
+        await wait_running(server, "term1")
+        follower.signal("TERM")
+        assert await follower.finish() == 130
+        assert "follow term1" in follower.err, follower.err
+        assert await running(server, "term1")
+    finally:
+        follower.kill_if_running()
+        await server.rest({"action": "kill", "job_id": "term1"})
+
+
 # Logging in.
 
 

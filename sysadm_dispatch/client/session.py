@@ -145,7 +145,15 @@ class Session:
         def handler(signum: int, frame: Any) -> None:
             self.reactor.callFromThread(self.on_interrupt)
 
+        def terminate(signum: int, frame: Any) -> None:
+            # SIGTERM (``timeout``, a service manager, ``kill``) is an
+            # interrupt with nobody to ask: follow detaches, watch ends.
+            self.terminal = False
+            self.reactor.callFromThread(self.on_interrupt)
+
         signal.signal(signal.SIGINT, handler)
+        # The reactor puts its own SIGTERM handler in place as it starts.
+        self.reactor.callWhenRunning(signal.signal, signal.SIGTERM, terminate)
 
     def default_interrupt(self) -> None:
         self.fail(ClientError(INTERRUPTED, ""))
