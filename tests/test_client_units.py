@@ -226,6 +226,26 @@ def test_tracker_streams_updates_then_the_rest() -> None:
     assert texts(tracker.feed(final)) == [("four\n", False)]
 
 
+def test_tracker_announces_commands_that_printed_nothing() -> None:
+    tracker = jobs.OutputTracker("j")
+    chain = ["a", "b", "c", "d"]
+    assert texts(tracker.feed(event("running", chain, "a", a="one\n"))) == [("==> [1/4] a", True), ("one\n", False)]
+    # b ran and ended between two updates without output; c prints.
+    update = event("running", chain, "c", a="", c="three\n", **{"return_codes/a": "0", "return_codes/b": "0"})
+    assert texts(tracker.feed(update)) == [("==> [2/4] b", True), ("==> [3/4] c", True), ("three\n", False)]
+    # d ran without output and failed: announced at the end.
+    codes = {"return_codes/a": "0", "return_codes/b": "0", "return_codes/c": "0", "return_codes/d": "1"}
+    final = event("finished", chain, a="one\n", b="", c="three\n", d="", **codes)
+    assert texts(tracker.feed(final)) == [("==> [4/4] d", True)]
+
+
+def test_tracker_announces_no_command_that_did_not_run() -> None:
+    tracker = jobs.OutputTracker("j")
+    chain = ["a", "b", "c"]
+    final = event("finished", chain, a="", b="", **{"return_codes/a": "0", "return_codes/b": "2"})
+    assert texts(tracker.feed(final)) == [("==> [1/3] a", True), ("==> [2/3] b", True)]
+
+
 def test_tracker_single_command_has_no_header() -> None:
     tracker = jobs.OutputTracker("j")
     assert texts(tracker.feed(event("finished", ["a"], a="x\n"))) == [("x\n", False)]

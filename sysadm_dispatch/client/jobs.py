@@ -117,10 +117,19 @@ class OutputTracker:
         self.commands: list[str] = []
 
     def _header(self, index: int) -> list[Piece]:
+        """
+        The header of command ``index``, after those of the commands before
+        it not announced yet (they ran without output between two updates).
+        """
         if not self.headers or len(self.commands) < 2 or index in self.headed:
             return []
-        self.headed.add(index)
-        return [Piece(f"==> [{index + 1}/{len(self.commands)}] {self.commands[index]}", index, header=True)]
+        pieces = []
+        for earlier in range(self.attached_at, index + 1):
+            if earlier not in self.headed:
+                self.headed.add(earlier)
+                pieces.append(Piece(f"==> [{earlier + 1}/{len(self.commands)}] {self.commands[earlier]}",
+                                    earlier, header=True))
+        return pieces
 
     def _running_index(self, details: Mapping[str, Any]) -> int:
         """Index of the command running (or last to run): commands end in chain order."""
@@ -169,6 +178,11 @@ class OutputTracker:
                     pieces += self._header(index)
                     self.printed[index] = self.printed.get(index, "") + rest
                     pieces.append(Piece(rest, index))
+            if self.commands:
+                # Commands that ran at the end without output are announced too.
+                last = sum(1 for c in self.commands if f"return_codes/{c}" in details) - 1
+                if last >= self.attached_at:
+                    pieces += self._header(last)
         return pieces
 
     @staticmethod
