@@ -173,9 +173,14 @@ class Options(usage.Options):
                 self[name] = tls_endpoint(self[name], os.path.abspath(self["tls-cert"]), os.path.abspath(key))
 
 
-def _endpoint(reactor: Any, option: str, spec: str) -> Any:
+def _endpoint(reactor: Any, option: str, spec: str, tls_option: bool = False) -> Any:
     try:
         return serverFromString(reactor, spec)
+    except ImportError as e:
+        # TLS is a normal dependency; a broken install still gets its fix named.
+        which = "--tls-cert" if tls_option else f"--{option} {spec!r}"
+        raise SystemExit(f"sysadm-dispatch: {which} needs the {e.name or 'missing'} module ({e}): "
+                         "install it with pip install 'twisted[tls]' in the server's environment") from None
     except Exception as e:  # any reason (an unreadable TLS key, say) is reported in one line
         raise SystemExit(f"sysadm-dispatch: --{option} {spec!r}: {e or type(e).__name__}") from None
 
@@ -207,14 +212,23 @@ class _UsersService(Service):
 class ListenerService(StreamServerEndpointService):
     """A listener whose bound port can be asked for (useful with port 0)."""
 
-    def __init__(self, name: str, endpoint: Any, factory: Any) -> None:
+    def __init__(self, name: str, endpoint: Any, factory: Any, spec: str = "") -> None:
         super().__init__(endpoint, factory)
         self.setName(name)
+        self.spec = spec
         self._listening: list[Deferred[Any]] = []
         self.port: Any = None
 
     def privilegedStartService(self) -> None:
-        super().privilegedStartService()
+        # A listener that cannot bind stops the server at start, in one line:
+        # a server listening on nothing would look up to a service manager.
+        self._raiseSynchronously = True
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            reason = getattr(e, "socketError", None) or e
+            where = f"--{self.name} {self.spec!r}" if self.spec else f"the {self.name} listener"
+            raise SystemExit(f"sysadm-dispatch: {where}: cannot listen: {reason}") from None
         assert self._waitingForPort is not None
         self._waitingForPort.addCallback(self._bound)
 
@@ -283,7 +297,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     except (OSError, UsersFileError, SystemAuthError) as e:
         # Reported like a bad option: one line, no traceback.
         raise SystemExit(f"sysadm-dispatch: cannot prepare the state directory or users file: {e}") from None
-    endpoints = {name: _endpoint(reactor, name, options[name]) for name in ("ws", "rest")}
+    endpoints = {name: _endpoint(reactor, name, options[name], bool(options["tls-cert"])) for name in ("ws", "rest")}
     store = open_store(options, reactor)
 
     top = MultiService()
@@ -318,11 +332,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     ws.guard_connections(idle_timeout=options["idle-timeout"], auth_timeout=options["auth-timeout"],
                          max_connections_per_address=options["max-connections-per-address"],
                          trust_proxy=options["trust-proxy"])
-    ListenerService("ws", endpoints["ws"], ws).setServiceParent(top)
+    ListenerService("ws", endpoints["ws"], ws, options["ws"]).setServiceParent(top)
     rest = RestAPI(router, trust_proxy=options["trust-proxy"]).site(
         timeout=options["idle-timeout"] or None, access_log=bool(options["access-log"])
     )
-    ListenerService("rest", endpoints["rest"], rest).setServiceParent(top)
+    ListenerService("rest", endpoints["rest"], rest, options["rest"]).setServiceParent(top)
     top.dispatcher = dispatcher  # type: ignore[attr-defined]
     top.router = router  # type: ignore[attr-defined]
     return top
