@@ -130,6 +130,8 @@ class Options(usage.Options):
          _number("token-ttl", float, 1, 30 * 86400)],
         ["max-message-bytes", None, 1 << 20, "Largest request accepted, in bytes.",
          _number("max-message-bytes", int, 256, 1 << 30)],
+        ["max-unauthenticated-bytes", None, 64 << 10, "Largest WebSocket message accepted before login, in bytes.",
+         _number("max-unauthenticated-bytes", int, 256, 1 << 30)],
         ["log-cap-bytes", None, 1 << 20, "Output kept per command, in bytes.",
          _number("log-cap-bytes", int, 64, 1 << 30)],
         ["history-days", None, 30, "Finished jobs are kept in the history for this many days.",
@@ -331,7 +333,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     ws = make_websocket_factory(router, max_backlog_bytes=options["event-backlog-bytes"])
     ws.guard_connections(idle_timeout=options["idle-timeout"], auth_timeout=options["auth-timeout"],
                          max_connections_per_address=options["max-connections-per-address"],
-                         trust_proxy=options["trust-proxy"])
+                         trust_proxy=options["trust-proxy"],
+                         max_unauthenticated_bytes=options["max-unauthenticated-bytes"])
     ListenerService("ws", endpoints["ws"], ws, options["ws"]).setServiceParent(top)
     rest = RestAPI(router, trust_proxy=options["trust-proxy"]).site(
         timeout=options["idle-timeout"] or None, access_log=bool(options["access-log"])

@@ -26,6 +26,8 @@ log = Logger()
 CLOSE_POLICY_VIOLATION = 1008
 #: Requests that may wait behind a login on one connection.
 MAX_HELD = 1000
+#: Bytes of an opening handshake (its HTTP request) held before it is refused.
+MAX_HANDSHAKE_BYTES = 64 << 10
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -116,6 +118,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         self.session = Session(peer="")
         self._replies: deque[_Slot] = deque()
         self._held: deque[bytes] | None = None
+        self._held_bytes = 0
         self._subscriptions: dict[str, Subscription] = {}
         self._size = 0
         self._too_big = False
@@ -196,9 +199,27 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         self._size = 0
         self._too_big = False
 
+    def _dataReceived(self, data: bytes) -> None:
+        if self.state == self.STATE_CONNECTING and len(self.data) + len(data) > MAX_HANDSHAKE_BYTES:
+            # An opening handshake that never ends must not grow without bound.
+            transport: Any = self.transport
+            log.info("dropping a connection from {peer}: its handshake passed {limit} bytes",
+                     peer=peer_host(transport.getPeer()), limit=MAX_HANDSHAKE_BYTES)
+            self.data = b""
+            transport.abortConnection()
+            return
+        super()._dataReceived(data)
+
+    def _message_limit(self) -> int:
+        """The largest message accepted now: small until the connection has logged in."""
+        limit = self.factory.router.max_message_bytes
+        if self.session.user is None:
+            return min(limit, self.factory.max_unauthenticated_bytes)
+        return limit
+
     def onMessageFrameData(self, payload: bytes) -> None:
         self._size += len(payload)
-        if self._too_big or self._size > self.factory.router.max_message_bytes:
+        if self._too_big or self._size > self._message_limit():
             self._too_big = True
             self.frame_data = []
             self.message_data = []
@@ -220,18 +241,21 @@ class DispatchServerProtocol(WebSocketServerProtocol):
             self.onMessage(payload, self.message_is_binary)
             return
         self.message_data = None  # type: ignore[assignment]
-        limit = self.factory.router.max_message_bytes
-        e = RPCError(413, f"the message is at least {self._size} bytes, more than the limit of {limit}")
+        limit = self._message_limit()
+        before_login = " before login" if limit < self.factory.router.max_message_bytes else ""
+        e = RPCError(413, f"the message is at least {self._size} bytes, more than the limit of {limit}{before_login}")
         self._reply_when(_fired(error_reply("rpc", "", e)))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._held is not None:
             # A login is under way: what follows it waits, to run as its user.
-            if len(self._held) >= MAX_HELD:
-                e = RPCError(503, f"more than {MAX_HELD} requests are waiting for a login to finish")
+            if len(self._held) >= MAX_HELD or self._held_bytes + len(payload) > self.factory.max_unauthenticated_bytes:
+                e = RPCError(503, f"more than {MAX_HELD} requests or {self.factory.max_unauthenticated_bytes} bytes "
+                             "are waiting for a login to finish")
                 self._reply_when(_fired(error_reply("rpc", "", e)))
             else:
                 self._held.append(payload)
+                self._held_bytes += len(payload)
             return
         d = self.factory.router.handle_bytes(self.session, payload)
         self._reply_when(d)
@@ -241,6 +265,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
     def _release_held(self, result: object) -> object:
         held, self._held = self._held, None
+        self._held_bytes = 0
         while held:
             self.onMessage(held.popleft(), False)
             if self._held is not None:
@@ -333,6 +358,8 @@ class DispatchServerFactory(WebSocketServerFactory):
     auth_timeout = 30.0
     #: Believe X-Forwarded-For (its last entry) for the client's address.
     trust_proxy = False
+    #: Largest message accepted before the connection has logged in.
+    max_unauthenticated_bytes = 64 << 10
     _connections: ConnectionCounter | None = None
 
     @property
@@ -349,8 +376,10 @@ class DispatchServerFactory(WebSocketServerFactory):
         auth_timeout: float = 30.0,
         max_connections_per_address: int = 2000,
         trust_proxy: bool = False,
+        max_unauthenticated_bytes: int = 64 << 10,
     ) -> None:
         """Set the per-connection limits (see docs/security.rst)."""
+        self.max_unauthenticated_bytes = max_unauthenticated_bytes
         self.idle_timeout = idle_timeout
         self.auth_timeout = auth_timeout
         self.trust_proxy = trust_proxy
