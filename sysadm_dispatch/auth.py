@@ -295,6 +295,11 @@ class TokenStore:
         entry.expires = now + self.ttl
         return entry.user
 
+    def valid(self, token: str) -> bool:
+        """Whether ``token`` would be accepted now (without renewing it)."""
+        entry = self._tokens.get(_token_key(token))
+        return entry is not None and entry.expires > self.reactor.seconds()
+
     def revoke(self, token: str) -> None:
         self._tokens.pop(_token_key(token), None)
 

@@ -17,7 +17,7 @@ from twisted.python import usage
 
 from .auth import Authenticator, UsersFileChecker, UsersFileError, check_private, default_state_dir, ensure_users_file
 from .dispatcher import Dispatcher
-from .guard import LoginGuard
+from .guard import LoginGuard, calm_accept
 from .job import DEFAULT_QUEUES, Limits
 from .procs import SubreaperService
 from .rest import RestAPI
@@ -119,6 +119,12 @@ class Options(usage.Options):
         ["max-chain", None, 256, "Commands in one job's chain.", _number("max-chain", int, 1, 1_000_000)],
         ["max-connections-per-address", None, 2000, "WebSocket connections from one client address (0: no limit).",
          _number("max-connections-per-address", int, 0, 100_000_000)],
+        ["max-rest-connections-per-address", None, 256, "REST connections from one client address (0: no limit; "
+         "not applied with --trust-proxy).", _number("max-rest-connections-per-address", int, 0, 100_000_000)],
+        ["max-rest-connections", None, 4096, "REST connections in all (0: no limit).",
+         _number("max-rest-connections", int, 0, 100_000_000)],
+        ["request-timeout", None, 30.0, "Seconds a REST connection may take to send a complete request (0: no limit).",
+         _number("request-timeout", float, 0, 86400)],
         ["max-json-depth", None, 32, "Nesting depth of a request's JSON.", _number("max-json-depth", int, 8, 512)],
         ["max-string-chars", None, 65536, "Length of any one string in a request.",
          _number("max-string-chars", int, 64, 1 << 30)],
@@ -214,8 +220,11 @@ class _UsersService(Service):
 class ListenerService(StreamServerEndpointService):
     """A listener whose bound port can be asked for (useful with port 0)."""
 
-    def __init__(self, name: str, endpoint: Any, factory: Any, spec: str = "") -> None:
+    def __init__(self, name: str, endpoint: Any, factory: Any, spec: str = "", clock: Any = None) -> None:
         super().__init__(endpoint, factory)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
         self.setName(name)
         self.spec = spec
         self._listening: list[Deferred[Any]] = []
@@ -236,6 +245,7 @@ class ListenerService(StreamServerEndpointService):
 
     def _bound(self, port: Any) -> Any:
         self.port = port
+        calm_accept(port, self.clock)
         for d in self._listening:
             d.callback(port)
         self._listening.clear()
@@ -335,11 +345,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
                          max_connections_per_address=options["max-connections-per-address"],
                          trust_proxy=options["trust-proxy"],
                          max_unauthenticated_bytes=options["max-unauthenticated-bytes"])
-    ListenerService("ws", endpoints["ws"], ws, options["ws"]).setServiceParent(top)
+    ListenerService("ws", endpoints["ws"], ws, options["ws"], reactor).setServiceParent(top)
     rest = RestAPI(router, trust_proxy=options["trust-proxy"]).site(
-        timeout=options["idle-timeout"] or None, access_log=bool(options["access-log"])
+        timeout=options["idle-timeout"] or None, access_log=bool(options["access-log"]),
+        max_connections_per_address=options["max-rest-connections-per-address"],
+        max_connections=options["max-rest-connections"], request_timeout=options["request-timeout"],
     )
-    ListenerService("rest", endpoints["rest"], rest, options["rest"]).setServiceParent(top)
+    ListenerService("rest", endpoints["rest"], rest, options["rest"], reactor).setServiceParent(top)
     top.dispatcher = dispatcher  # type: ignore[attr-defined]
     top.router = router  # type: ignore[attr-defined]
     return top

@@ -7,9 +7,15 @@ measures it from outside.
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import resource
+import socket
+import time
 from typing import Any
 
-from door_helpers import Twistd, frame_header, ws_open, ws_reply, ws_send
+from door_helpers import Twistd, frame_header, wait_until, ws_open, ws_reply, ws_send
 
 
 def test_unauthenticated_websocket_messages_are_small(tmp_path: Any) -> None:
@@ -44,4 +50,150 @@ def test_unauthenticated_websocket_messages_are_small(tmp_path: Any) -> None:
         for s in sockets:
             s.close()
         assert server.stop(), server.log()
+    assert "Traceback" not in server.log()
+
+
+def _http_response(s: Any) -> tuple[int, bytes]:
+    """Read one whole response (the server closes after it); its status and body."""
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def _closed_by_server(s: Any) -> bool:
+    try:
+        data = s.recv(1000)
+        assert not data, data
+        return True
+    except ConnectionResetError:
+        return True
+
+
+def _temp_files(server: Twistd) -> list[str]:
+    pid = server.process.pid
+    names = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            names.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return [n for n in names if "(deleted)" in n]  # a TemporaryFile is unlinked at once
+
+
+def test_rest_without_credentials_is_answered_from_its_headers(tmp_path: Any) -> None:
+    # 200 requests declaring 1 MB bodies, without credentials, each sending
+    # its headers and 200 kB: each is answered 401 at once, no body is
+    # spooled to a temporary file, and the connections are closed.
+    server = Twistd(tmp_path)
+    sockets = []
+    try:
+        start = server.status("VmRSS")
+        head = (b"PUT /rpc/dispatcher HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000000\r\n\r\n")
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", server.rest_port), timeout=30)
+            sockets.append(s)
+            s.sendall(head + b" " * 200_000)
+        assert not _temp_files(server)
+        for s in sockets:
+            status, body = _http_response(s)  # without sending the rest of the body
+            assert status == 401, body
+            assert json.loads(body)["args"]["detail"].startswith("credentials missing")
+        assert server.status("VmHWM") - start < 40 * 1024
+        wait_until(lambda: server.fds() < 40, 30, "the refused connections closed")
+        # A wrong Basic password and a made-up token, the same.
+        for auth in (b"Basic " + base64.b64encode(b"admin:wrong"), b"Bearer made-up"):
+            s = socket.create_connection(("127.0.0.1", server.rest_port), timeout=30)
+            s.sendall(head.replace(b"\r\n\r\n", b"\r\nAuthorization: " + auth + b"\r\n\r\n") + b" " * 1000)
+            status, body = _http_response(s)
+            s.close()
+            assert status == 401, body
+        # A declared body over the limit, with good credentials: 413 from the headers.
+        good = b"Basic " + base64.b64encode(b"admin:" + server.password.encode())
+        s = socket.create_connection(("127.0.0.1", server.rest_port), timeout=30)
+        s.sendall(head.replace(b"1000000", b"5000000").replace(b"\r\n\r\n", b"\r\nAuthorization: " + good + b"\r\n\r\n"))
+        status, body = _http_response(s)
+        s.close()
+        assert status == 413, body
+        # And a good request still works.
+        s = socket.create_connection(("127.0.0.1", server.rest_port), timeout=30)
+        request = b'{"action": "list"}'
+        s.sendall(b"PUT /rpc/dispatcher HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: " + good
+                  + b"\r\nContent-Length: %d\r\n\r\n" % len(request) + request)
+        status, body = _http_response(s)
+        s.close()
+        assert status == 200 and b'{"args":{"jobs":{}}}' in body
+    finally:
+        for s in sockets:
+            s.close()
+        assert server.stop(), server.log()
+    assert "Traceback" not in server.log()
+
+
+def test_rest_connection_caps_and_request_timeout(tmp_path: Any) -> None:
+    server = Twistd(tmp_path, "--max-rest-connections-per-address", "5", "--max-rest-connections", "8",
+                    "--request-timeout", "1")
+    sockets = []
+    try:
+        for _ in range(5):
+            sockets.append(socket.create_connection(("127.0.0.1", server.rest_port), timeout=30))
+        # The sixth from this address is refused at once, with a reason.
+        extra = socket.create_connection(("127.0.0.1", server.rest_port), timeout=30)
+        status, body = _http_response(extra)
+        extra.close()
+        assert status == 503 and "too many connections from 127.0.0.1 (limit 5)" in body.decode(), body
+        # Connections that never complete a request (one trickles a header)
+        # are closed after the request timeout, far sooner than the idle one.
+        sockets[0].sendall(b"PUT /rpc/dispatcher HTTP/1.1\r\n")
+        started = time.monotonic()
+        for s in sockets:
+            assert _closed_by_server(s)
+        assert time.monotonic() - started < 10
+        wait_until(lambda: "no complete request within 1 s" in server.log(), 10)
+        # The places are free again.
+        s = socket.create_connection(("127.0.0.1", server.rest_port), timeout=30)
+        s.sendall(b"PUT /rpc/identify HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        assert _http_response(s)[0] == 200
+        s.close()
+    finally:
+        for s in sockets:
+            s.close()
+        assert server.stop(), server.log()
+    assert "Traceback" not in server.log()
+
+
+def _lower_descriptor_limit() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+
+
+def test_out_of_descriptors_is_logged_once_and_recovered_from(tmp_path: Any) -> None:
+    # The server may hold 64 descriptors; 120 clients connect and wait.
+    server = Twistd(tmp_path, preexec=_lower_descriptor_limit)
+    sockets = []
+    try:
+        for _ in range(120):
+            sockets.append(socket.create_connection(("127.0.0.1", server.ws_port), timeout=30))
+        marks = ("cannot accept connections", "Could not accept new connection", "EMFILE encountered", "EMFILE recovery")
+        wait_until(lambda: any(m in server.log() for m in marks), 30, "the server ran out of descriptors")
+        # A REST request waits in the listen queue; freeing descriptors lets it in.
+        rest = socket.create_connection(("127.0.0.1", server.rest_port), timeout=30)
+        rest.sendall(b"PUT /rpc/identify HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        for s in sockets[:80]:
+            s.close()
+        status, _ = _http_response(rest)
+        rest.close()
+        assert status == 200
+        lines = [line for line in server.log().splitlines() if any(m in line for m in marks)]
+        assert len(lines) <= 2, f"{len(lines)} lines, the first: {lines[:3]}"
+        assert "EMFILE" in lines[0]
+    finally:
+        for s in sockets:
+            s.close()
+        assert server.stop(), server.log()[-3000:]
     assert "Traceback" not in server.log()
