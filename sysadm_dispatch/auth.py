@@ -17,7 +17,7 @@ import re
 import secrets
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -169,6 +169,9 @@ class UsersFileChecker:
         self._poll.clock = reactor
         self._poll_seconds = poll_seconds
         self.changed = 0
+        #: Called with the names of users whose password or role changed, or
+        #: who are gone, each time the file is read again.
+        self.on_users_changed: Callable[[set[str]], None] | None = None
 
     def load(self) -> None:
         """Read the users file now (at startup, before the reactor runs)."""
@@ -204,9 +207,13 @@ class UsersFileChecker:
             log.error("cannot read users file {path}: {error}; keeping the users read before", path=self.path,
                       error=str(e))
         else:
-            self.users = users
+            old, self.users = self.users, users
             self.changed += 1
             log.info("users file {path} changed: {count} users", path=self.path, count=len(users))
+            # A changed entry (password hash or role) or a removed one.
+            changed = {name for name, entry in old.items() if users.get(name) != entry}
+            if changed and self.on_users_changed is not None:
+                self.on_users_changed(changed)
         self._stamp = stamp
 
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
@@ -332,6 +339,10 @@ class PasswordChecker(Protocol):
 
     def load(self) -> None: ...
 
+    #: Set by the ``Authenticator``: called with the names of users whose
+    #: password or role changed, or who are gone.
+    on_users_changed: Callable[[set[str]], None] | None
+
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
@@ -355,6 +366,24 @@ class Authenticator:
         self.tokens = TokenStore(reactor, token_ttl)
         self._cache_key = os.urandom(32)
         self._basic_cache: dict[bytes, tuple[User, float, int]] = {}
+        #: Called with the names of users whose sessions must end now (the
+        #: transports that hold sessions listen here).
+        self.revocation_observers: list[Callable[[set[str]], None]] = []
+        checker.on_users_changed = self.users_changed
+
+    def users_changed(self, names: set[str]) -> None:
+        """
+        These users' passwords or roles changed, or they are gone: their
+        tokens stop working now, remembered Basic logins are forgotten, and
+        the transports end their live sessions.
+        """
+        for name in names:
+            self.tokens.revoke_user(name)
+        self._basic_cache.clear()
+        log.info("revoked the tokens and sessions of {names}: password or role changed, or removed",
+                 names=", ".join(sorted(names)))
+        for observer in list(self.revocation_observers):
+            observer(names)
 
     @property
     def token_ttl(self) -> float:
@@ -435,6 +464,11 @@ class Authenticator:
 
     def use_token(self, token: str) -> User:
         user = self.tokens.use(token)
+        refresh = getattr(self.checker, "refresh", None)
+        if refresh is not None:
+            # (System accounts: the user's groups are read again, off this
+            # thread; a changed role ends the user's tokens and sessions.)
+            refresh(user.name)
         role = self.checker.role_of(user.name)
         if role is None:
             # Removed from the users file since the token was issued.

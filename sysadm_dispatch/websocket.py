@@ -158,6 +158,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         self.outbox = _Outbox(self, self.factory.max_backlog_bytes)
         self.registerProducer(self.outbox, True)
         factory = self.factory
+        factory.open_protocols.add(self)
         self._timer = SessionTimer(
             factory.router.dispatcher.reactor, idle=factory.idle_timeout, auth=factory.auth_timeout,
             authenticated=lambda: self.session.user is not None, close=self._timed_out,
@@ -178,6 +179,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         super().onPing(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.open_protocols.discard(self)
         if self._timer is not None:
             self._timer.stop()
         if self._counted:
@@ -334,6 +336,20 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         else:
             self.sendData(frame)
 
+    def revoked(self) -> None:
+        """Its user's password or role changed, or the user is gone: the session ends now."""
+        name = self.session.user.name if self.session.user is not None else ""
+        log.info("ended the session of {username} from {peer}: password or role changed, or user removed",
+                 username=name, peer=self.session.peer)
+        for subscription in self._subscriptions.values():
+            subscription.cancel()
+        self._subscriptions.clear()
+        self.session.user = None
+        self.session.token = None
+        e = RPCError(401, f"the session of user {name!r} has ended: its password or role changed, or the user "
+                          "was removed; log in again")
+        self._reply_when(_fired(error_reply("rpc", "", e)))
+
     def too_slow(self, limit: int) -> None:
         log.warn(
             "closing websocket connection from {peer}: more than {limit} bytes waiting for it; "
@@ -391,6 +407,9 @@ class DispatchServerFactory(WebSocketServerFactory):
         super().__init__(url)
         self.router = router
         self.events = events
+        #: Open connections, to end the sessions of users whose password or role changed.
+        self.open_protocols: set[DispatchServerProtocol] = set()
+        router.auth.revocation_observers.append(self._users_changed)
         #: Bytes that may wait for one slow client before it is disconnected.
         self.max_backlog_bytes = max_backlog_bytes
         # Size limits are enforced per message by the protocol (413, and the
@@ -398,6 +417,13 @@ class DispatchServerFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             maxMessagePayloadSize=0, maxFramePayloadSize=0, closeHandshakeTimeout=2
         )
+
+
+    def _users_changed(self, names: set[str]) -> None:
+        for protocol in list(self.open_protocols):
+            user = protocol.session.user
+            if user is not None and user.name in names:
+                protocol.revoked()
 
 
 def make_websocket_factory(router: Router, *, max_backlog_bytes: int = 4 << 20) -> DispatchServerFactory:
