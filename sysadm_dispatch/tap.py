@@ -148,6 +148,8 @@ class Options(usage.Options):
          _number("update-interval", float, 0.01, 3600)],
         ["event-backlog-bytes", None, 4 << 20, "Bytes that may wait for a slow WebSocket client before it is "
          "disconnected.", _number("event-backlog-bytes", int, 65536, 1 << 30)],
+        ["event-backlog-seconds", None, 5.0, "Seconds the bytes waiting for a WebSocket client may stay above "
+         "--event-backlog-bytes before it is disconnected.", _number("event-backlog-seconds", float, 0.1, 3600)],
     ]
 
     optFlags = [
@@ -340,7 +342,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     router = Router(dispatcher, auth, max_message_bytes=options["max-message-bytes"],
                     max_depth=options["max-json-depth"], max_string_chars=options["max-string-chars"])
 
-    ws = make_websocket_factory(router, max_backlog_bytes=options["event-backlog-bytes"])
+    ws = make_websocket_factory(router, max_backlog_bytes=options["event-backlog-bytes"],
+                                backlog_grace=options["event-backlog-seconds"])
     ws.guard_connections(idle_timeout=options["idle-timeout"], auth_timeout=options["auth-timeout"],
                          max_connections_per_address=options["max-connections-per-address"],
                          trust_proxy=options["trust-proxy"],

@@ -52,22 +52,39 @@ def _encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+#: Past this many times the backlog limit, a client that has taken nothing for
+#: ``STALLED_SECONDS`` is dropped at once: memory's bound against one that does not read.
+HARD_BACKLOG_FACTOR = 16
+STALLED_SECONDS = 1.0
+
+
 @implementer(IPushProducer)
 class _Outbox:
     """
     What waits to be written to one client.  The transport pauses it when
-    its own buffer is full (the client is not reading fast enough); from
-    then on messages queue here, up to ``limit`` bytes, past which the
-    connection is given up: a slow client must not hold server memory.
+    its own buffer is full; from then on messages queue here.
+
+    Slowness is judged over time, not by one burst: a client is given up
+    only when what waits for it has stayed above ``limit`` bytes for
+    ``grace`` seconds on end (it is not reading, or reads slower than its
+    events come), or at once past ``HARD_BACKLOG_FACTOR`` times ``limit``
+    if it has taken nothing for ``STALLED_SECONDS`` (so a client that does
+    not read cannot hold more memory than that).  A client that reads as
+    fast as it can drains any burst well within ``grace`` and is never
+    dropped, however big one burst is.
     """
 
-    def __init__(self, protocol: DispatchServerProtocol, limit: int) -> None:
+    def __init__(self, protocol: DispatchServerProtocol, limit: int, grace: float, clock: Any) -> None:
         self.protocol = protocol
         self.limit = limit
+        self.grace = grace
+        self.clock = clock
         self.paused = False
         self.queue: deque[bytes] = deque()
         self.size = 0
         self.overflowed = False
+        self._over_since: Any = None  # the call that drops the client if it stays over the limit
+        self._drained_at = clock.seconds()
 
     def send(self, frame: bytes) -> None:
         """``frame``: a whole WebSocket frame, ready for the wire."""
@@ -78,25 +95,47 @@ class _Outbox:
             return
         self.queue.append(frame)
         self.size += len(frame)
+        if self.size > self.limit * HARD_BACKLOG_FACTOR and self.clock.seconds() - self._drained_at >= STALLED_SECONDS:
+            self._give_up(f"more than {self.limit * HARD_BACKLOG_FACTOR} bytes waiting for it, and nothing taken "
+                          f"for {STALLED_SECONDS:g} s")
+        elif self.size > self.limit and self._over_since is None:
+            self._over_since = self.clock.callLater(self.grace, self._still_over)
+
+    def _still_over(self) -> None:
+        self._over_since = None
         if self.size > self.limit:
-            self.overflowed = True
-            self.queue.clear()
-            self.size = 0
-            self.protocol.too_slow(self.limit)
+            self._give_up(f"more than {self.limit} bytes waiting for it for {self.grace:g} s")
+
+    def _give_up(self, why: str) -> None:
+        self.overflowed = True
+        self._clear()
+        self.protocol.too_slow(why)
+
+    def _clear(self) -> None:
+        self.queue.clear()
+        self.size = 0
+        if self._over_since is not None:
+            if self._over_since.active():
+                self._over_since.cancel()
+            self._over_since = None
 
     def pauseProducing(self) -> None:
         self.paused = True
 
     def resumeProducing(self) -> None:
         self.paused = False
+        self._drained_at = self.clock.seconds()
         while self.queue and not self.paused:
             frame = self.queue.popleft()
             self.size -= len(frame)
             self.protocol.write_out(frame)
+        if self.size <= self.limit and self._over_since is not None:
+            if self._over_since.active():
+                self._over_since.cancel()
+            self._over_since = None
 
     def stopProducing(self) -> None:
-        self.queue.clear()
-        self.size = 0
+        self._clear()
 
 
 class _Slot:
@@ -155,7 +194,8 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         log.debug("websocket connection from {peer}", peer=self.session.peer)
-        self.outbox = _Outbox(self, self.factory.max_backlog_bytes)
+        self.outbox = _Outbox(self, self.factory.max_backlog_bytes, self.factory.backlog_grace,
+                              self.factory.router.dispatcher.reactor)
         self.registerProducer(self.outbox, True)
         factory = self.factory
         factory.open_protocols.add(self)
@@ -350,11 +390,10 @@ class DispatchServerProtocol(WebSocketServerProtocol):
                           "was removed; log in again")
         self._reply_when(_fired(error_reply("rpc", "", e)))
 
-    def too_slow(self, limit: int) -> None:
+    def too_slow(self, why: str) -> None:
         log.warn(
-            "closing websocket connection from {peer}: more than {limit} bytes waiting for it; "
-            "the client is not reading fast enough",
-            peer=self.session.peer, limit=limit,
+            "closing websocket connection from {peer}: {why}; the client is not reading fast enough",
+            peer=self.session.peer, why=why,
         )
         for subscription in self._subscriptions.values():
             subscription.cancel()
@@ -376,6 +415,8 @@ class DispatchServerFactory(WebSocketServerFactory):
     trust_proxy = False
     #: Largest message accepted before the connection has logged in.
     max_unauthenticated_bytes = 64 << 10
+    #: Seconds the backlog of a client may stay above ``max_backlog_bytes`` before it is dropped.
+    backlog_grace = 5.0
     _connections: ConnectionCounter | None = None
 
     @property
@@ -402,7 +443,8 @@ class DispatchServerFactory(WebSocketServerFactory):
         self._connections = ConnectionCounter(max_connections_per_address)
 
     def __init__(
-        self, router: Router, events: EventHub, url: str | None = None, *, max_backlog_bytes: int = 4 << 20
+        self, router: Router, events: EventHub, url: str | None = None, *, max_backlog_bytes: int = 4 << 20,
+        backlog_grace: float = 5.0,
     ) -> None:
         super().__init__(url)
         self.router = router
@@ -410,8 +452,9 @@ class DispatchServerFactory(WebSocketServerFactory):
         #: Open connections, to end the sessions of users whose password or role changed.
         self.open_protocols: set[DispatchServerProtocol] = set()
         router.auth.revocation_observers.append(self._users_changed)
-        #: Bytes that may wait for one slow client before it is disconnected.
+        #: Bytes that may wait for one slow client (for ``backlog_grace`` seconds) before it is disconnected.
         self.max_backlog_bytes = max_backlog_bytes
+        self.backlog_grace = backlog_grace
         # Size limits are enforced per message by the protocol (413, and the
         # connection stays open), not by closing the connection.
         self.setProtocolOptions(
@@ -426,9 +469,12 @@ class DispatchServerFactory(WebSocketServerFactory):
                 protocol.revoked()
 
 
-def make_websocket_factory(router: Router, *, max_backlog_bytes: int = 4 << 20) -> DispatchServerFactory:
+def make_websocket_factory(
+    router: Router, *, max_backlog_bytes: int = 4 << 20, backlog_grace: float = 5.0
+) -> DispatchServerFactory:
     """The WebSocket server factory, to listen with on any stream endpoint."""
-    return DispatchServerFactory(router, router.dispatcher.events, max_backlog_bytes=max_backlog_bytes)
+    return DispatchServerFactory(router, router.dispatcher.events, max_backlog_bytes=max_backlog_bytes,
+                                 backlog_grace=backlog_grace)
 
 
 def _fired(value: Any) -> Deferred[Any]:
