@@ -163,6 +163,9 @@ class UsersFileChecker:
     def __init__(self, reactor: Any, path: str, poll_seconds: float = 2.0) -> None:
         self.reactor = reactor
         self.path = path
+        #: Where passwords are checked: a small pool of the server's own
+        #: (set by the server), else the reactor's.
+        self.pool: Any = None
         self.users: dict[str, UserEntry] = {}
         self._stamp: tuple[int, ...] | None = None
         self._poll = LoopingCall(self._check_changed)
@@ -229,7 +232,9 @@ class UsersFileChecker:
                 return entry.name.encode()
             raise UnauthorizedLogin()
 
-        return self._in_thread(verify_password, password, entry.password_hash).addCallback(checked)
+        pool = self.pool if self.pool is not None else self.reactor.getThreadPool()
+        return deferToThreadPool(self.reactor, pool, verify_password, password, entry.password_hash
+                                 ).addCallback(checked)
 
     def role_of(self, name: str) -> str | None:
         entry = self.users.get(name)
@@ -256,6 +261,17 @@ class Realm:
 
 class LoginFailed(Exception):
     """Bad credentials, or an unknown or expired token."""
+
+
+class LoginBusy(Exception):
+    """Too many logins are being checked at once; this one was not tried."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"the server is checking {self.limit} logins already; try again in a moment"
 
 
 @dataclass
@@ -356,9 +372,13 @@ class Authenticator:
     """
 
     def __init__(
-        self, reactor: Any, checker: PasswordChecker, token_ttl: float = 900.0, *, guard: LoginGuard | None = None
+        self, reactor: Any, checker: PasswordChecker, token_ttl: float = 900.0, *, guard: LoginGuard | None = None,
+        max_login_checks: int = 64,
     ) -> None:
         self.reactor = reactor
+        #: Logins under way (waiting for their turn or being checked); more fail at once with ``LoginBusy``.
+        self.max_login_checks = max_login_checks
+        self.login_checks = 0
         self.checker = checker
         self.guard = guard if guard is not None else LoginGuard(reactor)
         realm: Any = Realm(checker.role_of)
@@ -394,8 +414,21 @@ class Authenticator:
         Check a username and password; fires with the ``User`` or fails with
         ``LoginFailed``.  With the client's ``address``, the attempt is
         counted, and fails with ``AddressBlocked`` (before any password is
-        checked) while the address is blocked.
+        checked) while the address is blocked.  Beyond ``max_login_checks``
+        logins under way, it fails at once with ``LoginBusy``: a flood of
+        logins is refused, not queued without bound.
         """
+        if self.max_login_checks and self.login_checks >= self.max_login_checks:
+            return fail(LoginBusy(self.max_login_checks))
+        self.login_checks += 1
+
+        def ended(result: Any) -> Any:
+            self.login_checks -= 1
+            return result
+
+        return self._guarded_login(username, password, address).addBoth(ended)
+
+    def _guarded_login(self, username: str, password: str, address: str | None) -> Deferred[User]:
         if address is None:
             return self._login(username, password)
         guard = self.guard

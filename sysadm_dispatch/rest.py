@@ -23,7 +23,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import NotFound
 
-from .auth import LoginFailed, User
+from .auth import LoginBusy, LoginFailed, User
 from .guard import AddressBlocked, ConnectionCounter, client_address, peer_host
 from .rpc import PUBLIC, Router, RPCError, Session, error_reply, settled
 
@@ -330,6 +330,8 @@ class RestAPI:
     def _basic_refusal(self, f: Failure, username: str, session: Session, refuse: Any) -> None:
         if f.check(AddressBlocked):
             refuse(403, str(f.value))
+        elif f.check(LoginBusy):
+            refuse(503, str(f.value))
         elif f.check(LoginFailed):
             log.info("failed login for {username!r} from {peer}", username=username[:64], peer=session.peer)
             refuse(401, "bad username or password")
@@ -464,6 +466,8 @@ class RestAPI:
         def failed(f: Failure) -> None:
             if f.check(AddressBlocked):
                 raise RPCError(403, str(f.value))
+            if f.check(LoginBusy):
+                raise RPCError(503, str(f.value))
             f.trap(LoginFailed)
             log.info("failed login for {username!r} from {peer}", username=username[:64], peer=session.peer)
             raise RPCError(401, "bad username or password")

@@ -5,6 +5,7 @@ that holds the dispatcher and its two listeners.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Any
 
@@ -14,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
 
 from .auth import Authenticator, UsersFileChecker, UsersFileError, check_private, default_state_dir, ensure_users_file
 from .dispatcher import Dispatcher
@@ -106,6 +108,8 @@ class Options(usage.Options):
          _number("max-failed-logins", int, 1, 1_000_000)],
         ["failed-login-window", None, 600.0, "Seconds over which failed logins are counted.",
          _number("failed-login-window", float, 1, 30 * 86400)],
+        ["max-login-checks", None, 64, "Logins checked or waiting at once; more are refused (503) at once "
+         "(0: no limit).", _number("max-login-checks", int, 0, 1_000_000)],
         ["block-seconds", None, 3600.0, "Seconds a blocked address stays blocked.",
          _number("block-seconds", float, 1, 365 * 86400)],
         ["idle-timeout", None, 1800.0, "Seconds without a message before a connection is closed (0: never).",
@@ -206,17 +210,47 @@ class _GuardService(Service):
         return super().stopService()
 
 
+#: Threads that check passwords (scrypt, about 16 MiB and 65 ms each): few, so
+#: that logins cannot take every core and leave few allocator arenas behind.
+PASSWORD_THREADS = 2
+
+
 class _UsersService(Service):
     def __init__(self, checker: UsersFileChecker | SystemChecker) -> None:
         self.checker = checker
+        self.pool: ThreadPool | None = None
+        if isinstance(checker, UsersFileChecker):
+            self.pool = checker.pool = ThreadPool(minthreads=0, maxthreads=PASSWORD_THREADS,
+                                                  name="sysadm-dispatch-passwords")
 
     def startService(self) -> None:
         super().startService()
+        if self.pool is not None:
+            self.pool.start()
         self.checker.start()
 
     def stopService(self) -> None:
         self.checker.stop()
+        if self.pool is not None:
+            self.pool.stop()
         return super().stopService()
+
+
+def return_big_blocks_to_the_system() -> None:
+    """
+    With glibc, serve every allocation of 256 KiB or more (a password
+    check's 16 MiB, a big output) by its own mapping, given back to the
+    system when freed.  By default glibc raises that threshold after the
+    first such free, and the heap of each thread that checked a password
+    then keeps 16 MiB or more for good.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return  # not glibc: nothing to tune
+    m_mmap_threshold = -3
+    mallopt(m_mmap_threshold, 256 * 1024)
 
 
 class ListenerService(StreamServerEndpointService):
@@ -311,6 +345,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     except (OSError, UsersFileError, SystemAuthError) as e:
         # Reported like a bad option: one line, no traceback.
         raise SystemExit(f"sysadm-dispatch: cannot prepare the state directory or users file: {e}") from None
+    return_big_blocks_to_the_system()
     endpoints = {name: _endpoint(reactor, name, options[name], bool(options["tls-cert"])) for name in ("ws", "rest")}
     store = open_store(options, reactor)
 
@@ -338,7 +373,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     guard = LoginGuard(reactor, max_failures=options["max-failed-logins"], window=options["failed-login-window"],
                        block_seconds=options["block-seconds"])
     _GuardService(guard).setServiceParent(top)
-    auth = Authenticator(reactor, checker, token_ttl=options["token-ttl"], guard=guard)
+    auth = Authenticator(reactor, checker, token_ttl=options["token-ttl"], guard=guard,
+                         max_login_checks=options["max-login-checks"])
     router = Router(dispatcher, auth, max_message_bytes=options["max-message-bytes"],
                     max_depth=options["max-json-depth"], max_string_chars=options["max-string-chars"])
 

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import resource
+import selectors
 import socket
 import time
 from typing import Any
@@ -197,3 +198,98 @@ def test_out_of_descriptors_is_logged_once_and_recovered_from(tmp_path: Any) -> 
             s.close()
         assert server.stop(), server.log()[-3000:]
     assert "Traceback" not in server.log()
+
+
+def test_a_login_flood_is_bounded_and_others_are_answered(tmp_path: Any) -> None:
+    # 200 password logins at once: at most --max-login-checks (64) are taken
+    # on, the rest refused at once with 503; meanwhile another client's
+    # requests are answered promptly throughout.
+    server = Twistd(tmp_path)
+    body = json.dumps({"username": "admin", "password": server.password}).encode()
+    login = (b"PUT /rpc/auth HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+             % len(body) + body)
+    probe = b"PUT /rpc/identify HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    flood = []
+    try:
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", server.rest_port), timeout=60)
+            flood.append(s)
+        sent = time.monotonic()
+        for s in flood:
+            s.sendall(login)
+        answers: dict[int, tuple[int, float]] = {}
+        latencies = []
+        selector = selectors.DefaultSelector()
+        buffers = {s.fileno(): b"" for s in flood}
+        for s in flood:
+            selector.register(s, selectors.EVENT_READ)
+        while len(answers) < len(flood):
+            # One probe per round, timed; then whatever flood answers came.
+            started = time.monotonic()
+            with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as p:
+                p.sendall(probe)
+                assert _http_response(p)[0] == 200
+            latencies.append(time.monotonic() - started)
+            for key, _ in selector.select(timeout=0.05):
+                sock: Any = key.fileobj
+                chunk = sock.recv(65536)
+                buffers[key.fd] += chunk
+                if not chunk:
+                    selector.unregister(sock)
+                    answers[key.fd] = (int(buffers[key.fd].split()[1]), time.monotonic() - sent)
+            assert time.monotonic() - sent < 120, "the flood was not answered within 2 minutes"
+        codes = [code for code, _ in answers.values()]
+        assert set(codes) <= {200, 503}, codes
+        assert 0 < codes.count(200) and codes.count(503) >= 200 - 64 - 10, codes
+        # Refusals come at once, not after the checks before them.
+        refused_after = sorted(t for code, t in answers.values() if code == 503)
+        assert refused_after[-1] < 5, refused_after[-5:]
+        assert max(latencies) < 2.0, sorted(latencies)[-5:]
+    finally:
+        for s in flood:
+            s.close()
+        assert server.stop(), server.log()[-3000:]
+    assert "Traceback" not in server.log()
+
+
+def _settled_rss(server: Twistd) -> int:
+    """The server's RSS (KiB) once its CPU time stops moving for a moment."""
+    last = None
+    for _ in range(200):
+        with open(f"/proc/{server.process.pid}/stat") as f:
+            now = f.read().rsplit(")", 1)[1].split()[11:13]
+        if now == last:
+            break
+        last = now
+        time.sleep(0.05)
+    return server.status("VmRSS")
+
+
+def test_logged_in_idle_connections_cost_little(tmp_path: Any) -> None:
+    # 200 WebSocket connections, each logged in with the password and
+    # subscribed, then idle: at most 16 KiB each, password checks included
+    # (their memory must not stay behind in the checking threads).
+    server = Twistd(tmp_path)
+    warm = ws_open(server.ws_port)
+    ws_send(warm, {"namespace": "rpc", "name": "auth", "id": "w", "args": {"username": "admin",
+                                                                          "password": server.password}})
+    assert ws_reply(warm)["name"] == "response"
+    sockets = []
+    try:
+        start = _settled_rss(server)
+        for _ in range(4):
+            opened = [ws_open(server.ws_port) for _n in range(50)]
+            for s in opened:
+                ws_send(s, {"namespace": "rpc", "name": "auth", "id": "1",
+                            "args": {"username": "admin", "password": server.password}})
+                ws_send(s, {"namespace": "events", "name": "subscribe", "id": "2", "args": ["dispatcher"]})
+            for s in opened:
+                assert [ws_reply(s)["name"], ws_reply(s)["name"]] == ["response", "response"]
+            sockets += opened
+        per_connection = (_settled_rss(server) - start) / len(sockets)
+        assert per_connection <= 16, f"{per_connection:.1f} KiB per connection"
+    finally:
+        for s in sockets:
+            s.close()
+        warm.close()
+        assert server.stop(), server.log()[-3000:]
