@@ -156,6 +156,11 @@ class _GuardedChannel(HTTPChannel):
                 self._request_call.cancel()
             self._request_call = None
 
+    def _send100Continue(self) -> None:
+        # Not after a refusal from the headers: its answer is written already.
+        if not (self.requests and getattr(self.requests[-1], "refused", False)):
+            super()._send100Continue()
+
     def allContentReceived(self) -> None:
         self._stop_waiting()
         super().allContentReceived()
@@ -221,10 +226,13 @@ class RestAPI:
 
     app = Klein()
 
-    def __init__(self, router: Router, *, max_message_bytes: int | None = None, trust_proxy: bool = False) -> None:
+    def __init__(self, router: Router, *, max_message_bytes: int | None = None, trust_proxy: bool = False,
+                 max_unauthenticated_bytes: int = 64 << 10) -> None:
         self.router = router
         self.max_message_bytes = router.max_message_bytes if max_message_bytes is None else max_message_bytes
         self.trust_proxy = trust_proxy
+        #: Largest body kept (on a site) before the request's credentials are known good.
+        self.max_unauthenticated_bytes = min(max_unauthenticated_bytes, self.max_message_bytes)
 
     def resource(self) -> IResource:
         resource: Any = self.app.resource()
@@ -267,6 +275,8 @@ class RestAPI:
         while the connection is paused (nothing more is read meanwhile).
         """
         channel: Any = request.channel
+        # Until its credentials are known good, a request may carry only a small body.
+        request.max_body = self.max_unauthenticated_bytes
         method, path = getattr(channel, "_command", b""), getattr(channel, "_path", b"")
         parts = path.split(b"?", 1)[0].split(b"/")
         if method not in (b"PUT", b"POST") or len(parts) != 3 or parts[0]:
@@ -289,15 +299,19 @@ class RestAPI:
             if scheme == "bearer" and value:
                 if not self.router.auth.tokens.valid(value):
                     return refuse(401, "unknown or expired token")
+                request.max_body = self.max_message_bytes
             else:
                 try:
                     self._basic(header)
                 except RPCError as e:
                     return refuse(e.code, e.detail)
-        if length is not None and length > self.max_message_bytes:
-            return refuse(413, f"the body is {length} bytes, more than the limit of {self.max_message_bytes}")
         if key not in PUBLIC and scheme == "basic":
+            if length is not None and length > self.max_message_bytes:
+                return refuse(413, f"the body is {length} bytes, more than the limit of {self.max_message_bytes}")
             self._screen_basic(request, session, *self._basic(header), refuse)
+        elif length is not None and length > request.max_body:
+            without = " without valid credentials" if request.max_body < self.max_message_bytes else ""
+            return refuse(413, f"the body is {length} bytes, more than the limit of {request.max_body}{without}")
 
     def _screen_basic(self, request: _BoundedRequest, session: Session, username: str, password: str,
                       refuse: Any) -> None:
@@ -308,6 +322,8 @@ class RestAPI:
             d.addErrback(failure.append)
             if failure:
                 self._basic_refusal(failure[0], username, session, refuse)
+            else:
+                request.max_body = self.max_message_bytes
             return
         channel: Any = request.channel
         transport: Any = channel.transport
@@ -316,6 +332,7 @@ class RestAPI:
         request.basic_login = handed
 
         def ok(user: User) -> None:
+            request.max_body = self.max_message_bytes
             transport.resumeProducing()
             handed.callback(user)
 
@@ -394,9 +411,10 @@ class RestAPI:
         content = request.content
         content.seek(0, 2)
         size = max(content.tell(), getattr(request, "body_size", 0))
-        if size > self.max_message_bytes:
-            limit = self.max_message_bytes
-            return self._error(request, 413, f"the body is {size} bytes, more than the limit of {limit}")
+        limit = min(getattr(request, "max_body", self.max_message_bytes), self.max_message_bytes)
+        if size > limit:
+            without = " without valid credentials" if limit < self.max_message_bytes else ""
+            return self._error(request, 413, f"the body is {size} bytes, more than the limit of {limit}{without}")
         content.seek(0)
         data = content.read()
         args: Any = {}

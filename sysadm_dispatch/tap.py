@@ -140,7 +140,8 @@ class Options(usage.Options):
          _number("token-ttl", float, 1, 30 * 86400)],
         ["max-message-bytes", None, 1 << 20, "Largest request accepted, in bytes.",
          _number("max-message-bytes", int, 256, 1 << 30)],
-        ["max-unauthenticated-bytes", None, 64 << 10, "Largest WebSocket message accepted before login, in bytes.",
+        ["max-unauthenticated-bytes", None, 64 << 10, "Largest WebSocket message before login, or REST body "
+         "without valid credentials, in bytes.",
          _number("max-unauthenticated-bytes", int, 256, 1 << 30)],
         ["log-cap-bytes", None, 1 << 20, "Output kept per command, in bytes.",
          _number("log-cap-bytes", int, 64, 1 << 30)],
@@ -385,7 +386,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
                          trust_proxy=options["trust-proxy"],
                          max_unauthenticated_bytes=options["max-unauthenticated-bytes"])
     ListenerService("ws", endpoints["ws"], ws, options["ws"], reactor).setServiceParent(top)
-    rest = RestAPI(router, trust_proxy=options["trust-proxy"]).site(
+    rest = RestAPI(router, trust_proxy=options["trust-proxy"],
+                   max_unauthenticated_bytes=options["max-unauthenticated-bytes"]).site(
         timeout=options["idle-timeout"] or None, access_log=bool(options["access-log"]),
         max_connections_per_address=options["max-rest-connections-per-address"],
         max_connections=options["max-rest-connections"], request_timeout=options["request-timeout"],

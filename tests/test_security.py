@@ -797,3 +797,24 @@ async def test_passwords_and_tokens_never_logged_or_echoed(server: Server) -> No
     for secret in (wrong, right, token, ws_token, base64.b64encode(f"admin:{right}".encode()).decode()):
         assert secret not in text
         assert all(secret not in reply for reply in seen)
+
+
+@ensure
+async def test_rest_bodies_without_credentials_are_small_and_with_them_full_size(make_server: Any) -> None:
+    server = await make_server()
+    # A public request (a login) may carry only a small body: 413 from its headers.
+    status, body, _ = await server.rest({"username": "admin", "password": "x" * 100}, path="/rpc/auth", auth=None,
+                                        raw=json.dumps({"username": "admin", "pad": ["p" * 60000] * 2}).encode())
+    assert status == 413 and "without valid credentials" in body["args"]["detail"], body
+    # A good Basic login not seen before (checked while the body waits) and
+    # a body of 500 kB: served in full.
+    server.add_user("erin", "full", "erin-password")
+    big = {"action": "list", "pad": ["q" * 50000] * 10}
+    status, body, _ = await server.rest(big, auth=("erin", "erin-password"))
+    assert status == 200, body
+    # The same with a token.
+    status, body, _ = await server.rest({"username": "erin", "password": "erin-password"}, path="/rpc/auth",
+                                        auth=None)
+    token = body["args"][0]
+    status, body, _ = await server.rest(big, auth=None, headers={"Authorization": f"Bearer {token}"})
+    assert status == 200, body
