@@ -163,6 +163,13 @@ class _GuardedChannel(HTTPChannel):
 
     def allContentReceived(self) -> None:
         self._stop_waiting()
+        request = self.requests[-1] if self.requests else None
+        if request is not None and request.requestHeaders.hasHeader(b"upgrade") and self._counted is not None:
+            # Becoming a WebSocket (a factory mounted on this site): the
+            # connection leaves this count, and this channel may never hear
+            # of its end.
+            self.site.release(self._counted)
+            self._counted = None
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:

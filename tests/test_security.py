@@ -818,3 +818,45 @@ async def test_rest_bodies_without_credentials_are_small_and_with_them_full_size
     token = body["args"][0]
     status, body, _ = await server.rest(big, auth=None, headers={"Authorization": f"Bearer {token}"})
     assert status == 200, body
+
+
+@ensure
+async def test_websocket_mounted_on_the_rest_site_is_not_counted_as_rest(make_server: Any) -> None:
+    # The WebSocket factory served at /ws of the REST site (Autobahn's
+    # WebSocketResource): an upgraded connection leaves the REST count, so
+    # many of them do not lock REST clients out.
+    from autobahn.twisted.resource import WebSocketResource
+    from autobahn.twisted.websocket import WebSocketClientFactory
+    from conftest import WSClient, _ClientProtocol
+    from twisted.internet.endpoints import serverFromString
+    from twisted.web.resource import Resource
+
+    from sysadm_dispatch.rest import RestAPI
+    from sysadm_dispatch.websocket import make_websocket_factory
+
+    server = await make_server()
+    api = RestAPI(server.router)
+    site = api.site(max_connections_per_address=3, request_timeout=30)
+    root = Resource()
+    root.putChild(b"rpc", api.resource())
+    ws = make_websocket_factory(server.router)
+    root.putChild(b"ws", WebSocketResource(ws))
+    site.resource = root
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
+    clients = []
+    try:
+        for _ in range(5):
+            client = WSClient()
+            factory = WebSocketClientFactory(f"ws://127.0.0.1:{port.getHost().port}/ws")
+            factory.protocol = _ClientProtocol
+            factory.opened = Deferred()
+            factory.client = client
+            await with_timeout(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(factory))
+            client.protocol = await with_timeout(factory.opened)
+            clients.append(client)
+            assert (await client.login("admin", server.admin_password))["name"] == "response"
+        assert site.total == 0
+    finally:
+        for client in clients:
+            await client.close()
+        await port.stopListening()
