@@ -10,6 +10,7 @@ Lines starting with ``#`` are comments.
 from __future__ import annotations
 
 import base64
+import ctypes
 import hashlib
 import hmac
 import os
@@ -84,6 +85,28 @@ def verify_password(password: str, encoded: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)
+
+
+def map_big_blocks(threshold: int = 4 << 20) -> None:
+    """
+    With glibc, serve every allocation of ``threshold`` bytes or more by a
+    mapping of its own, given back to the system when freed.  A password
+    check (scrypt) allocates 16 MiB; by default glibc raises its threshold
+    to the size of the first such block freed, serves the next ones from the
+    heap of the thread that asks, and that heap keeps them for good, in each
+    thread that ever checked a password.  (Output buffers, 1 MiB at most,
+    stay below this threshold: mapping them would cost their speed.)
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return  # not glibc
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, threshold)
+    # Fixing one threshold fixes the other at its small default (128 KiB),
+    # and the heap would then shrink and grow again around every 1 MiB read
+    # of output: keep what glibc would have kept.
+    mallopt(m_trim_threshold, 2 * threshold)
 
 
 class UsersFileError(Exception):

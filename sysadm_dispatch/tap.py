@@ -5,7 +5,6 @@ that holds the dispatcher and its two listeners.
 
 from __future__ import annotations
 
-import ctypes
 import os
 from typing import Any
 
@@ -17,7 +16,15 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from .auth import Authenticator, UsersFileChecker, UsersFileError, check_private, default_state_dir, ensure_users_file
+from .auth import (
+    Authenticator,
+    UsersFileChecker,
+    UsersFileError,
+    check_private,
+    default_state_dir,
+    ensure_users_file,
+    map_big_blocks,
+)
 from .dispatcher import Dispatcher
 from .guard import LoginGuard, calm_accept
 from .job import DEFAULT_QUEUES, Limits
@@ -221,6 +228,7 @@ class _UsersService(Service):
         self.checker = checker
         self.pool: ThreadPool | None = None
         if isinstance(checker, UsersFileChecker):
+            map_big_blocks()
             self.pool = checker.pool = ThreadPool(minthreads=0, maxthreads=PASSWORD_THREADS,
                                                   name="sysadm-dispatch-passwords")
 
@@ -235,23 +243,6 @@ class _UsersService(Service):
         if self.pool is not None:
             self.pool.stop()
         return super().stopService()
-
-
-def return_big_blocks_to_the_system() -> None:
-    """
-    With glibc, serve every allocation of 256 KiB or more (a password
-    check's 16 MiB, a big output) by its own mapping, given back to the
-    system when freed.  By default glibc raises that threshold after the
-    first such free, and the heap of each thread that checked a password
-    then keeps 16 MiB or more for good.
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return  # not glibc: nothing to tune
-    m_mmap_threshold = -3
-    mallopt(m_mmap_threshold, 256 * 1024)
 
 
 class ListenerService(StreamServerEndpointService):
@@ -346,7 +337,6 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     except (OSError, UsersFileError, SystemAuthError) as e:
         # Reported like a bad option: one line, no traceback.
         raise SystemExit(f"sysadm-dispatch: cannot prepare the state directory or users file: {e}") from None
-    return_big_blocks_to_the_system()
     endpoints = {name: _endpoint(reactor, name, options[name], bool(options["tls-cert"])) for name in ("ws", "rest")}
     store = open_store(options, reactor)
 
