@@ -210,8 +210,11 @@ class OurServer:
     log_path: Path
 
 
-def start_our_server(children: Children, workdir: Path) -> OurServer:
-    """Create the bench user and run sysadm-dispatch under twistd, both listeners on free ports."""
+def start_our_server(children: Children, workdir: Path, options: Sequence[str] = ()) -> OurServer:
+    """
+    Create the bench user and run sysadm-dispatch under twistd, both
+    listeners on free ports (with ``options`` added to its command line).
+    """
     cli = BIN_DIR / "sysadm-dispatch"
     twistd = BIN_DIR / "twistd"
     for tool in (cli, twistd):
@@ -252,6 +255,7 @@ def start_our_server(children: Children, workdir: Path) -> OurServer:
                 workdir,
                 "--users",
                 users,
+                *options,
             ],
             cwd=workdir,
             output=output,

@@ -10,12 +10,13 @@ no dispatcher, no log).  Requests it acts on:
 ``bench/load`` (args: a list of message texts)
     keeps these messages for the next broadcast.
 ``bench/broadcast``
-    sends each kept message to every subscriber, encoded and framed once per
-    message (``prepareMessage``) and written with ``sendPreparedMessage``,
-    ``--batch`` messages per turn of the reactor.
+    sends the kept messages to every subscriber, ``--batch`` messages per
+    turn of the reactor, as ours sends a turn's events: each message framed
+    once (``prepareMessage``), and a turn's frames joined and written to
+    each subscriber in one write.
 ``bench/stream`` (args: ``{"id": ..., "argv": [...], "command": ...}``)
     runs the program and sends each piece of output to every subscriber at
-    once, as a ``running`` event carrying that piece as our events carry
+    once (framed once, written straight to each connection), as a ``running`` event carrying that piece as our events carry
     output (under ``process_details[command]``), and a ``finished`` event
     with the whole log at the end: the same path from a job's output to its
     subscribers, without coalescing.
@@ -55,15 +56,15 @@ class BroadcastFactory(WebSocketServerFactory):
         self.messages: list[bytes] = []
         self.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
 
-    def broadcast(self, payload: bytes) -> None:
-        prepared = self.prepareMessage(payload)
+    def broadcast(self, *payloads: bytes) -> None:
+        frames = b"".join(self.prepareMessage(payload).payloadHybi for payload in payloads)
         for subscriber in list(self.subscribers.values()):
-            subscriber.sendPreparedMessage(prepared)
+            transport: Any = subscriber.transport
+            transport.write(frames)
 
     def broadcast_kept(self, start: int = 0) -> None:
         end = min(start + self.batch, len(self.messages))
-        for payload in self.messages[start:end]:
-            self.broadcast(payload)
+        self.broadcast(*self.messages[start:end])
         if end < len(self.messages):
             self.reactor.callLater(0, self.broadcast_kept, end)
 

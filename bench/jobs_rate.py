@@ -9,6 +9,9 @@ The same client also drives the bare job server of ``bare_servers.py jobs``
 (Twisted and Autobahn, spawning with a pipe and a pidfd, one ``finished``
 event per job, nothing else): the floor of a job server on this stack,
 reported as bare/raw and ours/bare.
+With ``--metrics``, a second server of ours runs with its Prometheus
+metrics on (``--metrics``) and takes its turn with the others: the cost
+of counting, as ``metrics_to_ours``.
 Everything is measured twice: with no other client, and with 1,000 idle
 WebSocket clients connected (logged in, silent), since a server that looks
 at every open descriptor per spawn slows down with connections.  Then
@@ -17,7 +20,7 @@ runner, and Twisted's ``spawnProcess`` as the runner used to call it, next
 to raw spawns, with and without as many extra descriptors open).  Prints
 one JSON line.  See docs/benchmarks.rst.
 
-    python bench/jobs_rate.py [--seconds 5] [--repeat 3] [--idle 1000] [--no-in-process]
+    python bench/jobs_rate.py [--seconds 5] [--repeat 3] [--idle 1000] [--no-in-process] [--metrics]
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ import asyncio
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -41,6 +46,7 @@ from _common import (
     Stopwatch,
     base_arguments,
     cpu_seconds,
+    free_port,
     log,
     parse_base_arguments,
     run_main,
@@ -181,27 +187,35 @@ def raw(depth: int, seconds: float) -> dict[str, float]:
     return {"jobs_per_s": done / (time.perf_counter() - started)}
 
 
-async def bench(args: Any, port: int, server_pid: int, bare_port: int, bare_pid: int) -> dict[str, Any]:
+async def bench(args: Any, port: int, server_pid: int, bare_port: int, bare_pid: int,
+                metrics_server: tuple[int, int] | None = None) -> dict[str, Any]:
     client, token = await login(port)
     await call(client, {"namespace": "events", "name": "subscribe", "id": "s", "args": ["dispatcher"]})
     bare_client = await WebSocketClient.connect(HOST, bare_port, CALL_TIMEOUT)
     clients = {"ours": (client, server_pid), "bare": (bare_client, bare_pid)}
+    whos: tuple[str, ...] = ("ours", "bare", "raw")
+    if metrics_server is not None:
+        metrics_client, metrics_token = await login(metrics_server[0])
+        await call(metrics_client, {"namespace": "events", "name": "subscribe", "id": "s", "args": ["dispatcher"]})
+        clients["ours_metrics"] = (metrics_client, metrics_server[1])
+        whos = ("ours", "ours_metrics", "bare", "raw")
     results: dict[str, Any] = {}
     idle: list[WebSocketClient] = []
     try:
-        for case in ("no_idle_clients", f"{args.idle}_idle_clients"):
+        for case in ("no_idle_clients", f"{args.idle}_idle_clients")[: 2 if args.idle else 1]:
             if case != "no_idle_clients":
                 idle = await idle_clients(port, token, args.idle)
                 idle += await idle_clients(bare_port, None, args.idle)
+                if metrics_server is not None:
+                    idle += await idle_clients(metrics_server[0], metrics_token, args.idle)
                 log(f"{args.idle} idle clients connected to each server")
             if args.warmup:
-                for who in ("ours", "bare"):
+                for who in clients:
                     await served(*clients[who], 8, args.warmup, f"warm-{who}-{case}")
-            whos = ("ours", "bare", "raw")
             samples: dict[int, dict[str, list[dict[str, float]]]] = {d: {who: [] for who in whos} for d in DEPTHS}
             for repeat in range(args.repeat):
                 for depth in DEPTHS:
-                    for who in whos[repeat % 3:] + whos[: repeat % 3]:
+                    for who in whos[repeat % len(whos):] + whos[: repeat % len(whos)]:
                         if who == "raw":
                             sample = raw(depth, args.seconds)
                         else:
@@ -215,24 +229,46 @@ async def bench(args: Any, port: int, server_pid: int, bare_port: int, bare_pid:
                 summary["ratio"] = round(rate["ours"] / rate["raw"], 4)
                 summary["bare_ratio"] = round(rate["bare"] / rate["raw"], 4)
                 summary["ours_to_bare"] = round(rate["ours"] / rate["bare"], 4)
+                if "ours_metrics" in rate:
+                    summary["metrics_to_ours"] = round(rate["ours_metrics"] / rate["ours"], 4)
+                    # Within each repeat, the two ran one after the other: the
+                    # median of those ratios is the least disturbed by drift.
+                    pairs = list(zip(runs["ours_metrics"], runs["ours"], strict=True))
+                    summary["metrics_to_ours_paired"] = round(
+                        statistics.median(m["jobs_per_s"] / o["jobs_per_s"] for m, o in pairs), 4)
+                    # The server's CPU time per job: less disturbed by the
+                    # other programs of a shared machine than the rate.
+                    summary["metrics_cpu_to_ours_paired"] = round(
+                        statistics.median(m["server_us_per_job"] / o["server_us_per_job"] for m, o in pairs), 4)
                 entry[f"depth_{depth}"] = summary
             results[case] = entry
     finally:
         for idle_client in idle:
             idle_client.close()
-        client.close()
-        bare_client.close()
+        for each, _ in clients.values():
+            each.close()
     return results
+
+
+def scrape_finished(metrics_port: int) -> float:
+    """The jobs the metrics server counted as finished (a check that it counted them all)."""
+    with urllib.request.urlopen(f"http://{HOST}:{metrics_port}/metrics", timeout=CALL_TIMEOUT) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("sysadm_dispatch_jobs_finished_total{"))
 
 
 def main() -> int:
     parser = base_arguments(__doc__.split("\n\n")[0])
-    parser.add_argument("--idle", type=int, default=1000, help="idle WebSocket clients in the second case")
+    parser.add_argument("--idle", type=int, default=1000,
+                        help="idle WebSocket clients in the second case (0: no second case)")
+    parser.add_argument("--metrics", action="store_true",
+                        help="also run a server with its Prometheus metrics on, taking turns with the others")
     parser.add_argument("--no-in-process", action="store_true",
                         help="skip the measurement of the spawn path alone (bench/_spawn_rate.py)")
     args = parse_base_arguments(parser)
-    if not 1 <= args.idle <= 5000:
-        parser.error("--idle must be in [1, 5000]")
+    if not 0 <= args.idle <= 5000:
+        parser.error("--idle must be in [0, 5000] (0: skip the case with idle clients)")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < args.idle + 256:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.idle + 1024), hard))
@@ -240,7 +276,16 @@ def main() -> int:
     with workspace("bench-jobs-") as (tmp, children):
         server = start_our_server(children, tmp)
         bare, bare_port = start_bare_server(children, "jobs", [])
-        results = asyncio.run(bench(args, server.ws_port, server.process.pid, bare_port, bare.pid))
+        metrics_server: tuple[int, int] | None = None
+        if args.metrics:
+            (tmp / "metrics").mkdir()
+            metrics_port = free_port()
+            with_metrics = start_our_server(children, tmp / "metrics",
+                                            ["--metrics", f"tcp:{metrics_port}:interface={HOST}"])
+            metrics_server = (with_metrics.ws_port, with_metrics.process.pid)
+        results = asyncio.run(bench(args, server.ws_port, server.process.pid, bare_port, bare.pid, metrics_server))
+        if args.metrics:
+            results["metrics_counted_finished"] = scrape_finished(metrics_port)
     in_process: dict[str, Any] = {}
     if not args.no_in_process:
         log("the spawn path alone, in one process (bench/_spawn_rate.py)")

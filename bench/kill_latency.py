@@ -4,7 +4,8 @@ sysadm-dispatch (under twistd) runs a job, and once its ``running`` event
 has arrived a WebSocket client asks to kill it and times the reply.  Two
 jobs: ``sleep 1000`` (one process), and a shell whose grandchild called
 ``setsid`` (so the kill needs the search through /proc, not only the group
-signal).  In the same run this process measures the raw latency of
+signal); the grandchild writes its pid to a file, and each kill checks that
+it was alive before and is gone when the reply comes.  In the same run this process measures the raw latency of
 ``kill(SIGTERM)`` + ``waitpid`` on a ``sleep`` it started itself.  Prints
 one JSON line with p50/p99 in milliseconds.  See docs/benchmarks.rst.
 
@@ -18,6 +19,7 @@ import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from _common import (
@@ -33,26 +35,56 @@ from _session import JobSession
 from _wsclient import WebSocketError
 
 CALL_TIMEOUT = 30.0
+#: The jobs; ``{pids}`` is a file the grandchild's pid is written to.
 JOBS = {
     "single": "sleep 1000",
-    "setsid_grandchild": "sh -c 'setsid sleep 1000 & wait'",
+    "setsid_grandchild": "sh -c 'setsid sleep 1000 & echo $! > {pids}; wait'",
 }
+GRANDCHILD_WAIT = 5.0
 
 
-async def ours(port: int, command: str, kills: int) -> list[float]:
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def grandchild(path: Path) -> int:
+    deadline = time.monotonic() + GRANDCHILD_WAIT
+    while True:
+        text = path.read_text() if path.exists() else ""
+        if text.endswith("\n"):
+            return int(text)
+        if time.monotonic() > deadline:
+            raise BenchError(f"the job's grandchild did not write its pid to {path}")
+        await asyncio.sleep(0.002)
+
+
+async def ours(port: int, command: str, kills: int, tmp: Path) -> list[float]:
     session = await JobSession.open(port, CALL_TIMEOUT)
     latencies = []
     try:
         for number in range(kills):
             job_id = f"k{number}"
-            await session.call("rpc", "dispatcher", {"action": "run", "jobs": [{"id": job_id, "commands": command}]})
+            pids = tmp / f"{job_id}.pid"
+            job_command = command.format(pids=pids)
+            await session.call("rpc", "dispatcher", {"action": "run", "jobs": [{"id": job_id,
+                                                                               "commands": job_command}]})
             await session.event(job_id, "running")
             await asyncio.sleep(0.02)  # let the command get going (the shell start its grandchild)
+            pid = await grandchild(pids) if "{pids}" in command else None
+            if pid is not None and not alive(pid):
+                raise BenchError(f"job {job_id}: its grandchild {pid} is not running before the kill")
             started = time.perf_counter()
             reply = await session.call("rpc", "dispatcher", {"action": "kill", "job_id": job_id})
             latencies.append((time.perf_counter() - started) * 1000)
             if reply["args"]["killed"]["jobs"] != [job_id]:
                 raise BenchError(f"kill did not kill: {reply}")
+            if pid is not None and alive(pid):
+                raise BenchError(f"job {job_id}: its grandchild {pid} is still alive after the kill reply")
     finally:
         session.close()
     return latencies
@@ -89,7 +121,7 @@ def main() -> int:
         results["raw"] = summary(raw(args.kills))
         log(f"raw: {results['raw']}")
         for name, command in JOBS.items():
-            results[name] = summary(asyncio.run(ours(server.ws_port, command, args.kills)))
+            results[name] = summary(asyncio.run(ours(server.ws_port, command, args.kills, tmp)))
             log(f"{name}: {results[name]}")
     stopwatch.emit({
         "bench": "kill_latency",

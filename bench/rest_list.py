@@ -152,6 +152,9 @@ def wrk_version(wrk: str) -> str:
 
 def main() -> int:
     parser = base_arguments(__doc__.split("\n\n")[0])
+    parser.add_argument("--server-option", action="append", default=[], metavar="OPTION",
+                        help="an option for our server's command line, e.g. --server-option=--no-dashboard "
+                        "(repeatable)")
     args = parse_base_arguments(parser)
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -161,7 +164,7 @@ def main() -> int:
         targets = []
         body = DEFAULT_REPLY
         if not args.bare_only:
-            ours = start_our_server(children, workdir)
+            ours = start_our_server(children, workdir, args.server_option)
             body = probe(ours.rest_port, "sysadm-dispatch")
             targets.append(Target("ours", ours.process.pid, ours.rest_port))
         bare_process, bare_port = start_bare_server(children, "klein", ["--body", body.decode()])
@@ -196,6 +199,7 @@ def main() -> int:
             "seconds": args.seconds,
             "repeat": args.repeat,
             "reply_bytes": len(body),
+            "server_options": args.server_option,
             "wrk": wrk_version(wrk),
             "results": {str(c): compare(runs) for c, runs in samples.items()},
         }

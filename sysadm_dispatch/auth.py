@@ -18,6 +18,7 @@ import re
 import secrets
 import stat
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -207,6 +208,11 @@ class UsersFileChecker:
     def start(self) -> None:
         self._poll.start(self._poll_seconds, now=False)
 
+    def reload(self) -> Deferred[None]:
+        """Read the users file again now, changed or not (SIGHUP)."""
+        self._stamp = None
+        return self._check_changed()
+
     def stop(self) -> None:
         if self._poll.running:
             self._poll.stop()
@@ -381,6 +387,7 @@ class PasswordChecker(Protocol):
     #: Set by the ``Authenticator``: called with the names of users whose
     #: password or role changed, or who are gone.
     on_users_changed: Callable[[set[str]], None] | None
+    def reload(self) -> Any: ...
 
     def start(self) -> None: ...
 
@@ -413,6 +420,9 @@ class Authenticator:
         #: transports that hold sessions listen here).
         self.revocation_observers: list[Callable[[set[str]], None]] = []
         checker.on_users_changed = self.users_changed
+        #: Password checks by ``(transport, result)``, result ``ok``, ``failed``
+        #: or ``blocked`` (refused: the address is blocked); for the metrics.
+        self.logins: Counter[tuple[str, str]] = Counter()
 
     def users_changed(self, names: set[str]) -> None:
         """
@@ -428,11 +438,16 @@ class Authenticator:
         for observer in list(self.revocation_observers):
             observer(names)
 
+    def count_login(self, transport: str, result: str) -> None:
+        if transport:
+            self.logins[transport, result] += 1
+
     @property
     def token_ttl(self) -> float:
         return self.tokens.ttl
 
-    def login(self, username: str, password: str, address: str | None = None) -> Deferred[User]:
+    def login(self, username: str, password: str, address: str | None = None, *,
+              transport: str = "") -> Deferred[User]:
         """
         Check a username and password; fires with the ``User`` or fails with
         ``LoginFailed``.  With the client's ``address``, the attempt is
@@ -449,9 +464,9 @@ class Authenticator:
             self.login_checks -= 1
             return result
 
-        return self._guarded_login(username, password, address).addBoth(ended)
+        return self._guarded_login(username, password, address, transport).addBoth(ended)
 
-    def _guarded_login(self, username: str, password: str, address: str | None) -> Deferred[User]:
+    def _guarded_login(self, username: str, password: str, address: str | None, transport: str) -> Deferred[User]:
         if address is None:
             return self._login(username, password)
         guard = self.guard
@@ -461,16 +476,23 @@ class Authenticator:
 
         def succeeded(user: User) -> User:
             guard.succeeded(address)
+            self.count_login(transport, "ok")
             return user
 
         def failed(f: Any) -> Any:
             if f.check(LoginFailed):
                 guard.failed(address)
+                self.count_login(transport, "failed")
             else:
                 guard.abandoned(address)
             return f
 
-        return guard.attempt(address).addCallback(check)
+        def refused(f: Any) -> Any:
+            if f.check(AddressBlocked):
+                self.count_login(transport, "blocked")
+            return f
+
+        return guard.attempt(address).addCallbacks(check, refused)
 
     def _login(self, username: str, password: str) -> Deferred[User]:
         if not isinstance(username, str) or not isinstance(password, str):
@@ -491,12 +513,14 @@ class Authenticator:
 
         return d.addCallbacks(done, failed)
 
-    def login_cached(self, username: str, password: str, address: str | None = None) -> Deferred[User]:
+    def login_cached(self, username: str, password: str, address: str | None = None, *,
+                     transport: str = "") -> Deferred[User]:
         """``login``, remembering a success for a while (for HTTP Basic auth)."""
         if address is not None:
             try:
                 self.guard.check(address)
             except AddressBlocked:
+                self.count_login(transport, "blocked")
                 return fail()
         key = hmac.new(self._cache_key, f"{username}\0{password}".encode("utf-8", "surrogatepass"),
                        hashlib.sha256).digest()
@@ -513,7 +537,7 @@ class Authenticator:
             self._basic_cache[key] = (user, now + min(self.token_ttl, 300.0), self.checker.changed)
             return user
 
-        return self.login(username, password, address).addCallback(remember)
+        return self.login(username, password, address, transport=transport).addCallback(remember)
 
     def issue_token(self, user: User) -> str:
         return self.tokens.issue(user)
@@ -551,7 +575,25 @@ def read_private_users(path: str) -> dict[str, UserEntry]:
     return read_users(path)
 
 
+#: The state directory of a server run as root (as a system service).
+SYSTEM_STATE_DIR = "/var/lib/sysadm-dispatch"
+
+
 def default_state_dir() -> str:
-    """``$XDG_STATE_HOME/sysadm-dispatch``, else ``~/.local/state/sysadm-dispatch``."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "sysadm-dispatch")
+    """
+    Where the server keeps its state when not told, and where the ``user``
+    commands and the client look for it: ``$STATE_DIRECTORY`` (set by
+    systemd's ``StateDirectory=``; its first entry), else
+    ``$XDG_STATE_HOME/sysadm-dispatch``, else, for root,
+    ``/var/lib/sysadm-dispatch``, and for anyone else
+    ``~/.local/state/sysadm-dispatch``.
+    """
+    systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return systemd
+    xdg = os.environ.get("XDG_STATE_HOME")
+    if xdg:
+        return os.path.join(xdg, "sysadm-dispatch")
+    if os.geteuid() == 0:
+        return SYSTEM_STATE_DIR
+    return os.path.join(os.path.expanduser("~"), ".local", "state", "sysadm-dispatch")

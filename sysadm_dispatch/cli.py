@@ -1,5 +1,7 @@
 """
-The ``sysadm-dispatch`` console script: user administration.
+The ``sysadm-dispatch`` console script: the client's subcommands (run,
+follow, list, kill, logs, watch: see ``client/`` and docs/cli.rst), shell
+completion, and user administration:
 
     sysadm-dispatch user add NAME --role full|read [--users FILE]
     sysadm-dispatch user remove NAME [--users FILE]
@@ -7,6 +9,9 @@ The ``sysadm-dispatch`` console script: user administration.
 
 A new password is read from standard input when it is not a terminal (the
 first line), and otherwise prompted for twice.
+
+Modules are imported by the subcommand that needs them, so the client does
+not load the server's authentication code, nor ``user`` the client's.
 """
 
 from __future__ import annotations
@@ -15,20 +20,20 @@ import argparse
 import getpass
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from .auth import (
-    ROLES,
-    UserEntry,
-    UsersFileError,
-    default_state_dir,
-    hash_password,
-    read_users,
-    valid_name,
-    write_users,
-)
+from .client.main import add_commands, handle
+
+if TYPE_CHECKING:
+    from .auth import UserEntry
+
+#: The roles of ``auth.ROLES`` (a test checks they agree).
+ROLES = ("full", "read")
 
 
 def _users_path(args: argparse.Namespace) -> str:
+    from .auth import default_state_dir
+
     return args.users or os.path.join(default_state_dir(), "users")
 
 
@@ -46,6 +51,8 @@ def _read_password() -> str:
 
 
 def _load(path: str, must_exist: bool) -> dict[str, UserEntry]:
+    from .auth import UsersFileError, read_users
+
     if not os.path.exists(path):
         if must_exist:
             raise SystemExit(f"sysadm-dispatch: no users file at {path}")
@@ -57,6 +64,8 @@ def _load(path: str, must_exist: bool) -> dict[str, UserEntry]:
 
 
 def user_add(args: argparse.Namespace) -> int:
+    from .auth import UserEntry, hash_password, valid_name, write_users
+
     if not valid_name(args.name):
         raise SystemExit(f"sysadm-dispatch: {args.name!r} is not a valid user name "
                          "(letters, digits, _ . @ -; at most 64 characters)")
@@ -71,6 +80,8 @@ def user_add(args: argparse.Namespace) -> int:
 
 
 def user_remove(args: argparse.Namespace) -> int:
+    from .auth import write_users
+
     path = _users_path(args)
     users = _load(path, must_exist=True)
     if args.name not in users:
@@ -88,8 +99,18 @@ def user_list(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="sysadm-dispatch", description="Administer sysadm-dispatch.")
-    commands = top.add_subparsers(dest="command", required=True)
+    top = argparse.ArgumentParser(
+        prog="sysadm-dispatch",
+        description="Run jobs on a sysadm-dispatch server and follow them; administer its users.",
+        epilog="Settings and exit codes: docs/cli.rst. Each subcommand's options: SUBCOMMAND --help.",
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    add_commands(commands, handle)
+    completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)",
+                                     description="Print a completion script: "
+                                                 "eval \"$(sysadm-dispatch completion bash)\"")
+    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.set_defaults(func=print_completion)
     user = commands.add_parser("user", help="manage the users file")
     actions = user.add_subparsers(dest="action", required=True)
 
@@ -110,6 +131,13 @@ def parser() -> argparse.ArgumentParser:
     users_option(listing)
     listing.set_defaults(func=user_list)
     return top
+
+
+def print_completion(args: argparse.Namespace) -> int:
+    from .client.completion import script
+
+    sys.stdout.write(script(parser(), args.shell))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from .events import EventHub
 from .job import (
     DEFAULT_QUEUES,
+    EXIT_NOT_STARTED,
     FINISHED,
     NO_QUEUE,
     PENDING,
@@ -30,6 +31,7 @@ from .job import (
     positions,
     specs_from_run_args,
 )
+from .memory import Trimmer
 from .queues import Queue
 from .runner import JobRunner, stop_orphans
 from .store import HistoryPage, Opened, Store, StoreError
@@ -47,6 +49,9 @@ START_RETRY_SECONDS = 1.0
 #: the reactor, so that other requests are answered in between (starting a
 #: thousand jobs takes about half a second).
 STARTS_PER_TURN = 32
+#: Pending jobs a kill finishes in one go: the rest on the next turns, for
+#: the same reason (finishing 10,000 at once held other requests 2 s).
+KILLS_PER_TURN = 128
 
 
 class Dispatcher(Service):
@@ -119,17 +124,30 @@ class Dispatcher(Service):
         self._start_call: Any = None
         self._start_budget = STARTS_PER_TURN
         self._draining = False
+        # Pending jobs killed but not yet finished (see ``kill``), and the
+        # kill requests waiting for them: (count finished when it is done, Deferred).
+        self._to_finish: deque[Job] = deque()
+        self._kills_done = 0
+        self._kill_waits: deque[tuple[int, Deferred[None]]] = deque()
+        self._kill_call: Any = None
+        self._finishing = False
         self._interrupting: set[str] = set()
-        self._writes: set[Deferred[None]] = set()
+        self._writes = 0
+        self._writes_waiters: list[Deferred[None]] = []
         self._recovered = store is None
         self._recovery_waiters: list[Deferred[None]] = []
         self._start_retry: Any = None
+        #: ``observe(job, change)`` for each job submitted, started, finished
+        #: or recovered from the store (the metrics count with these).
+        self.observers: list[Callable[[Job, str], None]] = []
+        #: Gives memory back after the output of finished jobs is let go.
+        self.trimmer = Trimmer(reactor)
 
     # Accepting work.
 
-    def parse_run(self, args: Mapping[str, Any]) -> list[JobSpec]:
-        """Read and check the jobs of a ``run`` request; raises ``InvalidJob``."""
-        specs = specs_from_run_args(args, self.queues, self.limits)
+    def parse_run(self, args: Mapping[str, Any], submitted_by: str | None = None) -> list[JobSpec]:
+        """Read and check the jobs of a ``run`` request (from user ``submitted_by``); raises ``InvalidJob``."""
+        specs = specs_from_run_args(args, self.queues, self.limits, submitted_by=submitted_by)
         self.check(specs)
         return specs
 
@@ -231,6 +249,7 @@ class Dispatcher(Service):
             self.jobs[job.id] = job
             self.queues[job.queue].add(job)
             self._publish(job)
+            self._tell(job, "submitted")
         for job in jobs:
             if job.id not in promised:
                 continue
@@ -249,11 +268,13 @@ class Dispatcher(Service):
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        submitted_by: str | None = None,
     ) -> Deferred[dict[str, Any]]:
         """
-        Queue one job; the Deferred fires with its finished record (the
-        ``args`` of its ``finished`` event), or fails with ``Unavailable`` if
-        the job could not be recorded.  Raises ``InvalidJob``.
+        Queue one job (for ``submitted_by``, if given: a name for the
+        records); the Deferred fires with its finished record (the ``args``
+        of its ``finished`` event), or fails with ``Unavailable`` if the job
+        could not be recorded.  Raises ``InvalidJob``.
         """
         obj: dict[str, Any] = {
             "commands": commands if isinstance(commands, str) else list(commands),
@@ -267,7 +288,7 @@ class Dispatcher(Service):
             obj["env"] = dict(env)
         if timeout:
             obj["timeout"] = timeout
-        [spec] = self.parse_run({"action": "run", "jobs": [obj]})
+        [spec] = self.parse_run({"action": "run", "jobs": [obj]}, submitted_by)
         # Waiting before submitting: a job may finish as soon as it is queued.
         done: Deferred[dict[str, Any]] = Deferred()
         self._waiters.setdefault(spec.id, []).append(done)
@@ -332,7 +353,7 @@ class Dispatcher(Service):
 
         def recorded(_: object) -> None:
             self._starting_jobs.discard(job)
-            if self.jobs.get(job.id) is not job or job.state != PENDING:
+            if self.jobs.get(job.id) is not job or job.state != PENDING or job.killed:
                 return  # killed meanwhile; its end is recorded after this
             if self._stopping:
                 self._keep_pending(job)
@@ -375,7 +396,7 @@ class Dispatcher(Service):
             while self._to_start and (self._start_budget > 0 or self._stopping):
                 job = self._to_start.popleft()
                 self._starting_jobs.discard(job)
-                if self.jobs.get(job.id) is not job or job.state != PENDING:
+                if self.jobs.get(job.id) is not job or job.state != PENDING or job.killed:
                     continue  # killed while it waited
                 if self._stopping:
                     self._keep_pending(job)
@@ -404,13 +425,26 @@ class Dispatcher(Service):
         self.queues[job.queue].started(job)
         if job.timeout is None and self.job_timeout:
             job.timeout = self.job_timeout
-        runner = self.runner_factory(
-            self.reactor, job, environ=self.environ, kill_grace=self.kill_grace, on_output=self._output
-        )
-        self._runners[job.id] = runner
-        self._last_update[job.id] = self.reactor.seconds()
         self._publish(job)
-        runner.start().addCallback(self._ended)
+        self._tell(job, "started")
+        try:
+            runner = self.runner_factory(
+                self.reactor, job, environ=self.environ, kill_grace=self.kill_grace, on_output=self._output
+            )
+            self._runners[job.id] = runner
+            done = runner.start()
+        except Exception as e:
+            # A bug, or something unforeseen: the job ends as one that could not start.
+            log.failure("bug while starting job {job_id}", job_id=job.id)
+            self._runners.pop(job.id, None)
+            if len(job.logs) == len(job.return_codes):
+                job.begin_command()
+            job.logs[-1].write(f"sysadm-dispatch: cannot run command: internal error ({type(e).__name__}); "
+                               "the server log has the details\n".encode())
+            job.end_command(EXIT_NOT_STARTED)
+            self._ended(job)
+            return
+        done.addCallback(self._ended)
 
     def _ended(self, job: Job) -> None:
         self._runners.pop(job.id, None)
@@ -418,11 +452,17 @@ class Dispatcher(Service):
         self._start_ready()
 
     def _output(self, job: Job, index: int, data: bytes) -> None:
-        """New output: a ``running`` update follows, coalesced per job."""
+        """
+        New output: a ``running`` update follows, throttled per job on the
+        leading edge: the job's first output, and the first after a quiet
+        ``update_interval``, goes out at once (on the next turn of the
+        reactor, with whatever else came in that turn); output that comes
+        sooner after an update waits for the interval to end.
+        """
         if job.id in self._updates:
             return
-        due = self._last_update.get(job.id, 0.0) + self.update_interval
-        delay = max(0.0, due - self.reactor.seconds())
+        last = self._last_update.get(job.id)
+        delay = 0.0 if last is None else max(0.0, last + self.update_interval - self.reactor.seconds())
         self._updates[job.id] = self.reactor.callLater(delay, self._send_update, job)
 
     def _send_update(self, job: Job) -> None:
@@ -431,8 +471,11 @@ class Dispatcher(Service):
             return
         self._last_update[job.id] = self.reactor.seconds()
         self.events.publish("dispatcher", job.record(job.running_update()))
+        if job.cut:
+            # More than one update may carry: the rest follows on the next turn.
+            self._updates[job.id] = self.reactor.callLater(0, self._send_update, job)
 
-    def _finish(self, job: Job) -> None:
+    def _finish(self, job: Job, *, logged: bool = False) -> None:
         if job.id in self._interrupting:
             # Ended because the server stops, not by a user's kill.
             self._interrupting.discard(job.id)
@@ -448,7 +491,7 @@ class Dispatcher(Service):
         # The requester's line (rpc) says who ran what; the history keeps every
         # outcome.  The log adds a line only for a job that did not succeed:
         # a line per job more was a tenth of a busy server's time.
-        if not job.success:
+        if not job.success and not logged:
             log.info(
                 "job {job_id} did not succeed: killed={killed} timed_out={timed_out} interrupted={interrupted} "
                 "return_codes={codes}",
@@ -457,9 +500,15 @@ class Dispatcher(Service):
             )
         record = job.record()
         self._record_finished(job, record)
+        self._tell(job, "finished")
         self.events.publish("dispatcher", record)
         for d in self._waiters.pop(job.id, []):
             d.callback(record)
+        self.trimmer.released(sum(min(log.total, log.cap) for log in job.logs))
+
+    def _tell(self, job: Job, change: str) -> None:
+        for observe in self.observers:
+            observe(job, change)
 
     def _publish(self, job: Job) -> None:
         if self.events.subscriber_count("dispatcher"):  # a record costs more than the check
@@ -476,35 +525,75 @@ class Dispatcher(Service):
             out[queue.name] = {job.id: job.list_entry(pos) for job, pos in positions(list(queue), queue.numbered)}
         return out
 
-    def kill(self, job_ids: Iterable[str]) -> Deferred[tuple[list[str], list[str]]]:
+    def kill(self, job_ids: Iterable[str], by: str | None = None) -> Deferred[tuple[list[str], list[str]]]:
         """
-        Kill jobs: a pending one leaves its queue and never starts; a running
-        one is signalled.  Fires with ``(killed, not_found)`` once every
-        killed job has finished, its processes gone.
+        Kill jobs (for user ``by``, if given: a name for the records and the
+        log): a pending one leaves its queue and never starts; a running one
+        is signalled.  Fires with ``(killed, not_found)`` once every killed
+        job has finished, its processes gone.
+
+        Pending jobs leave their queues at once (no longer listed, never
+        started) and finish ``KILLS_PER_TURN`` per turn of the reactor, so
+        that killing thousands keeps answering other requests meanwhile.
         """
         if not self._recovered:
             ids = list(job_ids)
-            return self.when_recovered().addCallback(lambda _: self.kill(ids))
+            return self.when_recovered().addCallback(lambda _: self.kill(ids, by))
         killed: list[str] = []
         not_found: list[str] = []
-        waits = []
+        waits: list[Deferred[Any]] = []
+        pending: list[Job] = []
         for job_id in dict.fromkeys(job_ids):
             job = self.jobs.get(job_id)
             if job is None:
                 not_found.append(job_id)
                 continue
             killed.append(job_id)
-            waits.append(self.finished(job_id))
-            if job.state == PENDING:
-                job.killed = True
-                log.info("job {job_id} killed while pending", job_id=job_id)
-                self._finish(job)
-            else:
-                log.info("job {job_id} killed while running", job_id=job_id)
+            if not (job.killed or job.timed_out):
+                job.killed_by = by  # the first to end it
+            if job.state != PENDING:
+                waits.append(self.finished(job_id))
+                log.info("job {job_id} killed while running by {by}", job_id=job_id, by=by)
                 self._runners[job_id].kill()
+            elif job.killed:
+                waits.append(self.finished(job_id))  # killed by an earlier request, finishing
+            else:
+                job.killed = True
+                self.queues[job.queue].remove(job)
+                pending.append(job)
+        if pending:
+            log.info("jobs {ids!r} killed while pending by {by}", ids=[job.id for job in pending], by=by)
+            self._to_finish.extend(pending)
+            done: Deferred[None] = Deferred()
+            self._kill_waits.append((self._kills_done + len(self._to_finish), done))
+            waits.append(done)
+            self._finish_killed()
         self._start_ready()
         d = DeferredList(waits, consumeErrors=True)
         return d.addCallback(lambda _: (killed, not_found))
+
+    def _finish_killed(self, budget: int | None = KILLS_PER_TURN) -> None:
+        """Finish killed pending jobs: ``budget`` of them now (all if None), the rest on the next turns."""
+        if self._kill_call is not None and self._kill_call.active():
+            self._kill_call.cancel()
+        self._kill_call = None
+        if self._finishing:
+            return
+        self._finishing = True
+        try:
+            while self._to_finish and (budget is None or budget > 0):
+                job = self._to_finish.popleft()
+                self._kills_done += 1
+                if budget is not None:
+                    budget -= 1
+                if self.jobs.get(job.id) is job:
+                    self._finish(job, logged=True)
+                while self._kill_waits and self._kill_waits[0][0] <= self._kills_done:
+                    self._kill_waits.popleft()[1].callback(None)
+        finally:
+            self._finishing = False
+        if self._to_finish and not self._stopping:
+            self._kill_call = self.reactor.callLater(0, self._finish_killed)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -522,12 +611,14 @@ class Dispatcher(Service):
         if self._start_call is not None and self._start_call.active():
             self._start_call.cancel()
         self._start_call = None
+        self.trimmer.stop()
         self._drain_starts()  # none starts now: those waiting are pending again
+        self._finish_killed(None)  # pending jobs killed before the stop are recorded as killed
         running = [job for job in self.jobs.values() if job.state != PENDING and job.state != FINISHED]
         self._interrupting.update(job.id for job in running if not (job.killed or job.timed_out))
         if running:
             log.info("stopping: killing {count} running jobs", count=len(running))
-            d = self.kill([job.id for job in running]).addCallback(lambda _: None)
+            d = self.kill([job.id for job in running], "shutdown").addCallback(lambda _: None)
         else:
             d = succeed(None)
         # Then whatever orphans of jobs no job claimed (a subreaper server's).
@@ -538,6 +629,11 @@ class Dispatcher(Service):
         return d.addCallback(lambda _: self._writes_done()).addCallback(lambda _: store.close())
 
     # The store.
+
+    @property
+    def stopping(self) -> bool:
+        """True once the server has begun to stop."""
+        return self._stopping
 
     @property
     def recovered(self) -> bool:
@@ -588,12 +684,14 @@ class Dispatcher(Service):
                 self.jobs[job.id] = job
                 self.queues[job.queue].add(job)
                 self._publish(job)
+                self._tell(job, "recovered")
                 requeued += 1
                 continue
             job.interrupted = True
             job.finish(now)
             record = job.record()
             self._record_finished(job, record)
+            self._tell(job, "recovered")
             self.events.publish("dispatcher", record)
         if opened.jobs:
             log.info("job store: {count} pending jobs queued again", count=requeued)
@@ -623,20 +721,23 @@ class Dispatcher(Service):
 
     def _track(self, d: Deferred[Any]) -> Deferred[Any]:
         """Count ``d`` among the store writes that stopping waits for."""
-        done: Deferred[None] = Deferred()
-        self._writes.add(done)
+        self._writes += 1
+        return d.addBoth(self._settled)
 
-        def settled(result: Any) -> Any:
-            self._writes.discard(done)
-            done.callback(None)
-            return result
-
-        return d.addBoth(settled)
+    def _settled(self, result: Any) -> Any:
+        self._writes -= 1
+        if not self._writes:
+            waiters, self._writes_waiters = self._writes_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        return result
 
     def _writes_done(self) -> Deferred[None]:
         if not self._writes:
             return succeed(None)
-        return DeferredList(list(self._writes)).addCallback(lambda _: self._writes_done())
+        waiter: Deferred[None] = Deferred()
+        self._writes_waiters.append(waiter)
+        return waiter
 
     def read_history(self, start: float, end: float, limit: int) -> Deferred[HistoryPage]:
         """Finished records in ``[start, end]``, newest first, at most ``limit``, and whether more matched."""
@@ -647,7 +748,10 @@ class Dispatcher(Service):
         return d.addErrback(_unavailable)
 
     def last_record(self, job_id: str) -> Deferred[dict[str, Any] | None]:
-        """The latest finished record of ``job_id``, or None."""
+        """The live record of ``job_id`` if it is pending or running, else its latest finished one, or None."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return succeed(job.live_record())
         store = self._history_store()
         if self._recovered:
             return store.latest(job_id).addErrback(_unavailable)

@@ -66,6 +66,10 @@ class LoginGuard:
     def is_blocked(self, address: str) -> bool:
         return address in self._blocked
 
+    def blocked_count(self) -> int:
+        """Addresses blocked now."""
+        return len(self._blocked)
+
     def check(self, address: str) -> None:
         """Raise ``AddressBlocked`` if ``address`` is blocked now."""
         release = self._blocked.get(address)
@@ -227,6 +231,10 @@ class ConnectionCounter:
 
     def count(self, address: str) -> int:
         return self._open.get(address, 0)
+
+    def total(self) -> int:
+        """Open connections from every address."""
+        return sum(self._open.values())
 
 
 #: WebSocket close codes (RFC 6455): an idle connection is closed normally; one

@@ -130,6 +130,20 @@ def history_key(t: float) -> str:
     return datetime.fromtimestamp(t).astimezone().isoformat(timespec="microseconds")
 
 
+def flat_record(record: dict[str, Any]) -> dict[str, Any]:
+    """
+    A job's record as the original logged it: the keys of its
+    ``process_details`` (``cmd_list``, ``"<command>"``,
+    ``"return_codes/<command>"``, the times...) at the top level, beside
+    the event's own fields, which win a clash (the details stay whole in
+    ``process_details``).
+    """
+    details = record.get("process_details")
+    if not isinstance(details, dict):
+        return record
+    return {**details, **record}
+
+
 def read_logs_reply(query: LogQuery, records: Sequence[tuple[float, dict[str, Any]]],
                     truncated: bool) -> dict[str, Any]:
     """
@@ -143,7 +157,9 @@ def read_logs_reply(query: LogQuery, records: Sequence[tuple[float, dict[str, An
         n = seen[base] = seen.get(base, 0) + 1
         keys.append(base if n == 1 else f"{base}#{n}")
     keys.reverse()
-    reply: dict[str, Any] = {"dispatcher": {key: record for key, (_, record) in zip(keys, records, strict=True)}}
+    reply: dict[str, Any] = {
+        "dispatcher": {key: flat_record(record) for key, (_, record) in zip(keys, records, strict=True)}
+    }
     if truncated:
         reply["truncated"] = True
     return reply

@@ -29,6 +29,9 @@ DEFAULT_QUEUES: Mapping[str, int] = {"no_queue": 0, "pkg_queue": 1, "iocage_queu
 
 #: Exit code recorded for a command that could not be started at all.
 EXIT_NOT_STARTED = 127
+#: At most this much of a job's output (bytes as the job wrote them) goes in
+#: one ``running`` update; the rest follows in the next one.
+MAX_UPDATE_BYTES = 64 * 1024
 
 
 class InvalidJob(ValueError):
@@ -59,11 +62,28 @@ class JobSpec:
     cwd: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     timeout: float | None = None
+    #: The user who asked for it (None: the embedding program, or a job
+    #: recorded before the server kept this).
+    submitted_by: str | None = None
 
 
 def make_job_id(queue: str) -> str:
     """A fresh job id in the original server's style: ``<queue>-{<uuid4>}``."""
     return f"{queue}-{{{uuid.uuid4()}}}"
+
+
+def not_text(value: str) -> bool:
+    """True if ``value`` cannot be encoded as UTF-8 (it holds a lone surrogate): no name, command or log may."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_text(where: str, what: str, value: str) -> None:
+    if not_text(value):
+        raise InvalidJob(f"{where}: {what} {value[:80]!r} is not valid Unicode text (it holds a lone surrogate)")
 
 
 def _describe(job_id: object) -> str:
@@ -109,6 +129,7 @@ def parse_commands(
             raise InvalidJob(f"{where}: a command may be at most {limits.max_command_chars} characters long")
         if "\x00" in command:
             raise InvalidJob(f"{where}: command {command[:80]!r} contains a NUL character")
+        _check_text(where, "command", command)
         try:
             words = split_words(command)
         except ValueError as e:
@@ -126,13 +147,15 @@ def _check_id(job_id: object, limits: Limits, where: str | None = None) -> str:
         raise InvalidJob(f"job {job_id[:40]!r}...: a job id may be at most {limits.max_id_chars} characters long")
     if any(ord(c) < 32 for c in job_id):
         raise InvalidJob(f"job {job_id!r}: a job id must not contain control characters")
+    _check_text(f"job {job_id[:80]!r}", "the job id", job_id)
     return job_id
 
 
 _EXTENDED_KEYS = {"id", "commands", "queue", "cwd", "env", "timeout"}
 
 
-def _spec_from_object(obj: object, index: int, queues: Collection[str], limits: Limits) -> JobSpec:
+def _spec_from_object(obj: object, index: int, queues: Collection[str], limits: Limits,
+                      submitted_by: str | None) -> JobSpec:
     if not isinstance(obj, dict):
         raise InvalidJob(f"jobs[{index}] must be an object")
     unknown = sorted(set(obj) - _EXTENDED_KEYS)
@@ -143,6 +166,7 @@ def _spec_from_object(obj: object, index: int, queues: Collection[str], limits: 
     queue = obj.get("queue", NO_QUEUE)
     if not isinstance(queue, str):
         raise InvalidJob(f"{where}: queue must be a string")
+    _check_text(where, "queue", queue)
     if queue not in queues:
         raise InvalidJob(f"{where}: unknown queue {queue!r} (known: {', '.join(sorted(queues))})")
     job_id = _check_id(obj["id"], limits, where) if "id" in obj else make_job_id(queue)
@@ -152,6 +176,8 @@ def _spec_from_object(obj: object, index: int, queues: Collection[str], limits: 
     cwd = obj.get("cwd")
     if cwd is not None and (not isinstance(cwd, str) or not cwd or "\x00" in cwd):
         raise InvalidJob(f"{where}: cwd must be a non-empty string")
+    if cwd is not None:
+        _check_text(where, "cwd", cwd)
     env = obj.get("env", {})
     if env is None:
         env = {}
@@ -164,16 +190,19 @@ def _spec_from_object(obj: object, index: int, queues: Collection[str], limits: 
             raise InvalidJob(f"{where}: env value of {key!r} must be a string")
         if not key or "=" in key or "\x00" in key or "\x00" in value:
             raise InvalidJob(f"{where}: env name {key!r} is not a valid variable name")
+        _check_text(where, "env name", key)
+        _check_text(where, f"env value of {key!r}", value)
     timeout = obj.get("timeout")
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float):
             raise InvalidJob(f"{where}: timeout must be a number of seconds")
         if not 0 < timeout <= 10 * 365 * 86400:
             raise InvalidJob(f"{where}: timeout must be a positive number of seconds")
-    return JobSpec(job_id, commands, argvs, queue, cwd, dict(env), float(timeout) if timeout else None)
+    return JobSpec(job_id, commands, argvs, queue, cwd, dict(env), float(timeout) if timeout else None, submitted_by)
 
 
-def specs_from_run_args(args: Mapping[str, Any], queues: Collection[str], limits: Limits = Limits()) -> list[JobSpec]:
+def specs_from_run_args(args: Mapping[str, Any], queues: Collection[str], limits: Limits = Limits(), *,
+                        submitted_by: str | None = None) -> list[JobSpec]:
     """
     Read the jobs of a ``run`` action, in either form.
 
@@ -192,7 +221,7 @@ def specs_from_run_args(args: Mapping[str, Any], queues: Collection[str], limits
         if len(args["jobs"]) > limits.max_jobs_per_run:
             raise InvalidJob(f"run: at most {limits.max_jobs_per_run} jobs in one request, got {len(args['jobs'])}")
         for index, obj in enumerate(args["jobs"]):
-            specs.append(_spec_from_object(obj, index, queues, limits))
+            specs.append(_spec_from_object(obj, index, queues, limits, submitted_by))
     else:
         items = [(k, v) for k, v in args.items() if k != "action"]
         if len(items) > limits.max_jobs_per_run:
@@ -200,7 +229,7 @@ def specs_from_run_args(args: Mapping[str, Any], queues: Collection[str], limits
         for job_id, value in items:
             _check_id(job_id, limits)
             commands, argvs = parse_commands(job_id, value, limits)
-            specs.append(JobSpec(job_id, commands, argvs, NO_QUEUE))
+            specs.append(JobSpec(job_id, commands, argvs, NO_QUEUE, submitted_by=submitted_by))
     if not specs:
         raise InvalidJob("run: no jobs given")
     seen: set[str] = set()
@@ -225,6 +254,8 @@ class CappedLog:
         self._tail: deque[bytes] = deque()
         self._tail_size = 0
         self._tail_cap = cap - self._head_cap
+        #: Whether the last ``since`` stopped short of the end for its limit.
+        self.short = False
 
     def write(self, data: bytes) -> None:
         self.total += len(data)
@@ -252,41 +283,67 @@ class CappedLog:
         return b"".join(self._tail)[-self._tail_cap :] if self._tail_cap > 0 else b""
 
     def getvalue(self) -> bytes:
-        tail = self._tail_bytes()
+        # Joined in one copy, not one per part: a log is up to the cap.
+        tail: list[bytes | bytearray] = list(self._tail)
+        excess = self._tail_size - self._tail_cap
+        if tail and excess > 0:
+            tail[0] = tail[0][excess:]
         if self.dropped:
-            return bytes(self._head) + _marker(self.dropped) + tail
-        return bytes(self._head) + tail
+            return b"".join((self._head, _marker(self.dropped), *tail))
+        return b"".join((self._head, *tail))
 
-    def since(self, offset: int, final: bool = False) -> tuple[bytes, int]:
+    def since(self, offset: int, final: bool = False, limit: int | None = None) -> tuple[bytes, int]:
         """
-        The output from byte ``offset`` on, as far as it is kept (a marker
-        stands for what the cap dropped), and the offset to continue from.
-        Unless ``final``, an incomplete UTF-8 sequence at the end is held back
-        for next time.
+        The output from byte ``offset`` on, at most ``limit`` bytes of it, as
+        far as it is kept (a marker stands for what the cap dropped), and the
+        offset to continue from.  Unless ``final`` and all of it is taken,
+        an incomplete UTF-8 sequence at the end is held back for next time.
         """
         total = self.total
+        self.short = False
         if offset >= total:
             return b"", total
+        # What the cap dropped is one marker and does not count in ``limit``.
+        budget = total if limit is None else max(limit, 4)  # at least room for one character
         head_len = len(self._head)
         tail_start = total - min(self._tail_size, self._tail_cap)
         parts = []
         if offset < head_len:
-            parts.append(bytes(self._head[offset:]))
-            offset = head_len
-        if offset < tail_start:
+            take = min(head_len - offset, budget)
+            parts.append(bytes(self._head[offset : offset + take]))
+            offset += take
+            budget -= take
+        if head_len <= offset < tail_start:
             parts.append(_marker(tail_start - offset))
             offset = tail_start
-        if offset < total:
-            parts.append(self._tail_bytes()[offset - tail_start :])
+        if offset < total and budget > 0:
+            take = min(total - offset, budget)
+            parts.append(self._tail_bytes()[offset - tail_start : offset - tail_start + take])
+            offset += take
         data = b"".join(parts)
-        if not final:
+        self.short = offset < total
+        if not final or self.short:
             held = _incomplete_utf8_suffix(data)
             if held:
-                return data[:-held], total - held
-        return data, total
+                return data[:-held], offset - held
+        return data, offset
 
     def text(self) -> str:
         return self.getvalue().decode("utf-8", "replace")
+
+    def until(self, end: int) -> bytes:
+        """The output before byte ``end``, as far as it is kept (a marker stands for what the cap dropped)."""
+        end = min(end, self.total)
+        head_len = len(self._head)
+        if end <= head_len:
+            return bytes(self._head[:end])
+        tail_start = self.total - min(self._tail_size, self._tail_cap)
+        parts = [bytes(self._head)]
+        if tail_start > head_len:
+            parts.append(_marker(min(end, tail_start) - head_len))
+        if end > tail_start:
+            parts.append(self._tail_bytes()[: end - tail_start])
+        return b"".join(parts)
 
 
 def _marker(dropped: int) -> bytes:
@@ -339,7 +396,15 @@ class Job:
         self.return_codes: list[int] = []
         #: How much of each command's output running updates have carried.
         self.streamed: list[int] = []
+        #: How many ``running`` updates with output have been made: each
+        #: running event and live record carries it, for late joiners.
+        self.updates = 0
+        #: Whether the last update left output for the next (see ``running_update``).
+        self.cut = False
         self.killed = False
+        #: Who ended it: a user's name, ``timeout`` or ``shutdown``; None
+        #: while nobody has.
+        self.killed_by: str | None = None
         self.timed_out = False
         self.interrupted = False
         self.signal: str | None = None
@@ -358,10 +423,19 @@ class Job:
 
     @property
     def current_index(self) -> int | None:
-        """Index of the command running now, if any."""
-        if self.state != RUNNING or not self.logs or len(self.return_codes) == len(self.logs):
+        """
+        While the job runs: the index of the command running now, or about to
+        begin (the first, at the start); once its commands are over and it
+        winds down, the last one run.  None unless running.
+        """
+        if self.state != RUNNING:
             return None
-        return len(self.logs) - 1
+        begun = len(self.logs)
+        if begun > len(self.return_codes):
+            return begun - 1
+        if begun < len(self.spec.commands) and not (self.return_codes and self.return_codes[-1] != 0):
+            return begun
+        return max(begun - 1, 0)
 
     @property
     def current_cmd(self) -> str | None:
@@ -410,6 +484,8 @@ class Job:
             entry["time_started"] = iso_time(self.time_started)
         if self.current_cmd is not None:
             entry["current_cmd"] = self.current_cmd
+        if self.spec.submitted_by is not None:
+            entry["submitted_by"] = self.spec.submitted_by
         return entry
 
     def _details_head(self) -> dict[str, Any]:
@@ -441,37 +517,70 @@ class Job:
     def has_unstreamed_output(self) -> bool:
         return any(log.total > sent for log, sent in zip(self.logs, self.streamed, strict=True))
 
-    def running_update(self) -> dict[str, Any]:
+    def running_update(self, limit: int = MAX_UPDATE_BYTES) -> dict[str, Any]:
         """
         ``process_details`` for a ``running`` update: each command's output
-        since the previous update only, and the exit codes of the commands
-        that ended.  Advances what counts as sent.
+        since the previous update only, at most ``limit`` bytes of it in all
+        (``cut`` says whether more is waiting), and the exit codes of the
+        commands that ended.  Advances what counts as sent.
         """
+        self.updates += 1
+        self.cut = False
         details = self._details_head()
         for index, log in enumerate(self.logs):
             command = self.spec.commands[index]
             ended = index < len(self.return_codes)
-            data, self.streamed[index] = log.since(self.streamed[index], final=ended)
+            before = self.streamed[index]
+            if log.total > before and limit < 4:  # no room for a character
+                self.cut = True
+                data = b""
+            else:
+                data, self.streamed[index] = log.since(before, final=ended, limit=limit)
+                self.cut = self.cut or log.short
+                limit -= len(data)
             if data:
                 details[command] = details.get(command, "") + data.decode("utf-8", "replace")
             if ended:
                 details[f"return_codes/{command}"] = str(self.return_codes[index])
         return details
 
+    def live_record(self) -> dict[str, Any]:
+        """
+        The record of a pending or running job for ``rpc/logs``: each
+        command's output as far as the ``running`` updates so far carried
+        it (the next update goes on from there), and the exit codes so far.
+        """
+        if self.state != RUNNING:
+            return self.record()
+        details = self._details_head()
+        for index, log in enumerate(self.logs):
+            command = self.spec.commands[index]
+            data = log.until(self.streamed[index])
+            if data:
+                details[command] = details.get(command, "") + data.decode("utf-8", "replace")
+            if index < len(self.return_codes):
+                details[f"return_codes/{command}"] = str(self.return_codes[index])
+        return self.record(details)
+
     def record(self, details: dict[str, Any] | None = None) -> dict[str, Any]:
         """The ``args`` of a dispatcher event about this job (and its history record)."""
-        return {
+        record: dict[str, Any] = {
             "state": self.state,
             "process_id": self.id,
             "process_details": self.process_details() if details is None else details,
             "queue": self.queue,
-            "success": "true" if self.success else "false",
+            "success": ("true" if self.success else "false") if self.state == FINISHED else None,
             "killed": self.killed,
             "timed_out": self.timed_out,
             "interrupted": self.interrupted,
             "signal": self.signal,
             "escalated": self.escalated,
+            "submitted_by": self.spec.submitted_by,
+            "killed_by": self.killed_by,
         }
+        if self.state == RUNNING:
+            record["update"] = self.updates
+        return record
 
 
 def positions(jobs: Sequence[Job], numbered: bool) -> list[tuple[Job, str | None]]:

@@ -44,7 +44,7 @@ from .proctable import (
     signal_pid,
     walk,
 )
-from .spawn import ExitWatcher, OutputReader, SpawnError, open_output_pipe, plan, spawn
+from .spawn import ExitWatcher, OutputReader, open_output_pipe, plan, spawn
 
 log = Logger()
 
@@ -135,7 +135,7 @@ class ProcessTracker:
         read_fd, write_fd = open_output_pipe()
         try:
             pid = spawn(executable, args, env, write_fd, search)
-        except SpawnError:
+        except BaseException:
             os.close(read_fd)
             raise
         finally:

@@ -25,6 +25,7 @@ from werkzeug.exceptions import NotFound
 
 from .auth import LoginBusy, LoginFailed, User
 from .guard import AddressBlocked, ConnectionCounter, client_address, peer_host
+from .health import HealthCheck
 from .rpc import PUBLIC, Router, RPCError, Session, error_reply, settled
 
 log = Logger()
@@ -240,6 +241,7 @@ class RestAPI:
         self.trust_proxy = trust_proxy
         #: Largest body kept (on a site) before the request's credentials are known good.
         self.max_unauthenticated_bytes = min(max_unauthenticated_bytes, self.max_message_bytes)
+        self.health = HealthCheck(router.dispatcher)
 
     def resource(self) -> IResource:
         resource: Any = self.app.resource()
@@ -289,8 +291,10 @@ class RestAPI:
         if method not in (b"PUT", b"POST") or len(parts) != 3 or parts[0]:
             return  # not a request to serve: answered 404 or 405 once read (its body capped)
         key = (parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace"))
+        if key[0] not in ("rpc", "events"):
+            return  # not the API (a page beside it, say): answered once read, its body capped
         namespace = "events" if key[0] == "events" else "rpc"
-        session = Session(peer=self._client_address(request))
+        session = Session(peer=self._client_address(request), transport="rest")
 
         def refuse(code: int, detail: str) -> None:
             request.refuse(error_reply(namespace, "", RPCError(code, detail)))
@@ -298,6 +302,8 @@ class RestAPI:
         try:
             self.router.check_address(session)
         except RPCError as e:
+            if key == ("rpc", "auth") or _header(request, b"authorization")[:6].lower() == "basic ":
+                self.router.auth.count_login("rest", "blocked")
             return refuse(e.code, e.detail)
         if key not in PUBLIC:
             header = _header(request, b"authorization")
@@ -322,7 +328,7 @@ class RestAPI:
 
     def _screen_basic(self, request: _BoundedRequest, session: Session, username: str, password: str,
                       refuse: Any) -> None:
-        d = self.router.auth.login_cached(username, password, session.peer)
+        d = self.router.auth.login_cached(username, password, session.peer, transport="rest")
         if settled(d)[0]:
             # A cached success (or a refusal known at once).
             failure: list[Failure] = []
@@ -407,11 +413,13 @@ class RestAPI:
 
     @app.route("/<string:namespace>/<string:name>", methods=None)
     def rpc(self, request: Any, namespace: str, name: str) -> Any:
-        session = Session(peer=self._client_address(request))
+        session = Session(peer=self._client_address(request), transport="rest")
         try:
             # Before anything else, and so before any credentials are looked at.
             self.router.check_address(session)
         except RPCError as e:
+            if (namespace, name) == ("rpc", "auth") or _header(request, b"authorization")[:6].lower() == "basic ":
+                self.router.auth.count_login("rest", "blocked")
             return self._answer(request, error_reply(namespace if namespace == "events" else "rpc", "", e))
         if request.method not in (b"PUT", b"POST"):
             return self._error(request, 405, f"use PUT (or POST) /{namespace}/{name}, not {request.method.decode()}")
@@ -499,9 +507,27 @@ class RestAPI:
 
         # The check started from the headers, if any: not a second one.
         started = getattr(request, "basic_login", None)
-        login = started if started is not None else self.router.auth.login_cached(username, password, session.peer)
+        login = started if started is not None else self.router.auth.login_cached(
+            username, password, session.peer, transport="rest")
         d = login.addCallbacks(ok, failed)
         return None if settled(d)[0] else d
+
+    @app.route("/health", methods=None)
+    def health_check(self, request: Any) -> Any:
+        """No login: 200 when the server can take work, else 503 and why (see health.py)."""
+        if request.method not in (b"GET", b"HEAD"):
+            body = self._error(request, 405, f"use GET /health, not {request.method.decode()}")
+            request.setHeader(b"Allow", b"GET, HEAD")
+            return body
+
+        def answer(result: tuple[int, dict[str, Any]]) -> bytes:
+            code, body = result
+            request.setResponseCode(code)
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"Cache-Control", b"no-store")
+            return json.dumps(body, separators=(",", ":")).encode()
+
+        return self.health.check().addCallback(answer)
 
     @app.handle_errors(NotFound)
     def not_found(self, request: Any, failure: Any) -> bytes:

@@ -12,7 +12,9 @@ protocol is described in docs/protocol.rst.
 from __future__ import annotations
 
 import json
+import re
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -25,7 +27,7 @@ from twisted.python.failure import Failure
 from .auth import Authenticator, LoginBusy, LoginFailed, User
 from .dispatcher import Dispatcher, Unavailable
 from .guard import AddressBlocked
-from .history import BadQuery, parse_read_logs, read_logs_reply
+from .history import BadQuery, flat_record, parse_read_logs, read_logs_reply
 from .job import InvalidJob
 
 log = Logger()
@@ -70,55 +72,174 @@ class Session:
     #: Logins under way on this session: requests that follow one on the
     #: same connection must wait for it, to run as the user it logs in.
     logging_in: int = 0
+    #: ``rest`` or ``websocket``: what the metrics count logins by.
+    transport: str = ""
+
+
+def _not_text(text: str) -> int | None:
+    """Where ``text`` holds a lone surrogate (so cannot be encoded as UTF-8), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
+
+
+def _path(trail: tuple[Any, ...]) -> str:
+    """``("args", "jobs", 0, "env")`` as ``args.jobs[0].env``."""
+    out = ""
+    for step in trail:
+        if isinstance(step, int):
+            out += f"[{step}]"
+        else:
+            shown = step[:64] if _not_text(step) is None else ascii(step[:64])
+            out += f".{shown}" if out else shown
+    return out or "the message"
 
 
 def _check_shape(value: Any, max_depth: int, max_string: int | None) -> None:
-    """Raise ``RPCError(400)`` if ``value`` nests deeper than ``max_depth`` or holds a longer string."""
+    """
+    Raise ``RPCError(400)`` naming the field if ``value`` nests deeper than
+    ``max_depth``, holds a longer string, a string that is not Unicode text
+    (a lone surrogate), or an object with a key given twice.
+    """
+    if _faulty(value, max_depth, max_string):
+        _report(value, max_depth, max_string)
+
+
+def _faulty(value: Any, max_depth: int, max_string: int | None) -> bool:
+    """Whether ``_report`` will find something: a quick walk, that keeps no paths."""
+    limit = max_string if max_string is not None else -1
     stack = [(value, 1)]
     while stack:  # iteratively: no recursion on hostile input
         item, depth = stack.pop()
         if depth > max_depth:
-            raise RPCError(400, f"the message nests deeper than {max_depth} levels")
+            return True
         if isinstance(item, dict):
-            if max_string is not None:
-                for key in item:
-                    _check_string(key, max_string)
+            if isinstance(item, _Repeated):
+                return True
+            for key in item:
+                if (limit >= 0 and len(key) > limit) or (not key.isascii() and _not_text(key) is not None):
+                    return True
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
-        elif isinstance(item, str) and max_string is not None:
-            _check_string(item, max_string)
+        elif isinstance(item, str) and (
+            (limit >= 0 and len(item) > limit) or (not item.isascii() and _not_text(item) is not None)
+        ):
+            return True
+    return False
 
 
-def _check_string(text: str, limit: int) -> None:
-    if len(text) > limit:
-        raise RPCError(400, f"the message holds a string of {len(text)} characters, more than the limit of {limit}")
+def _report(value: Any, max_depth: int, max_string: int | None, text: bool = True) -> None:
+    """Raise the ``RPCError(400)`` for what ``_faulty`` found, naming where it is."""
+    stack: list[tuple[Any, int, tuple[Any, ...]]] = [(value, 1, ())]
+    while stack:  # iteratively: no recursion on hostile input
+        item, depth, trail = stack.pop()
+        if depth > max_depth:
+            raise RPCError(400, f"the message nests deeper than {max_depth} levels")
+        if isinstance(item, dict):
+            if isinstance(item, _Repeated):
+                raise RPCError(400, f"{_path(trail)}: the key {_shown(item.repeated)} is given twice in one object")
+            for key in item:
+                _check_string(key, max_string, text, trail, key=True)
+            stack.extend((v, depth + 1, (*trail, k)) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1, (*trail, i)) for i, v in enumerate(item))
+        elif isinstance(item, str):
+            _check_string(item, max_string, text, trail)
 
 
-def decode_json(data: bytes, max_depth: int = MAX_DEPTH, max_string: int | None = MAX_STRING_CHARS) -> Any:
-    """Parse a UTF-8 JSON message; raises ``RPCError(400)`` saying why not."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RPCError(400, f"the message is not valid UTF-8 (byte {e.start})") from None
-    try:
-        value = _DECODER.decode(text)
-    except RecursionError:
-        raise RPCError(400, f"the message nests deeper than {max_depth} levels") from None
-    except ValueError as e:
-        raise RPCError(400, f"the message is not valid JSON ({e})") from None
-    # The walk is needed only if the text could hold a string or a nesting
-    # over the limits; counting brackets and length is much cheaper.
-    if (max_string is not None and len(text) > max_string) or text.count("{") + text.count("[") >= max_depth:
-        _check_shape(value, max_depth, max_string)
-    return value
+def _shown(key: str) -> str:
+    return repr(key[:64]) if _not_text(key) is None else ascii(key[:64])
+
+
+def _check_string(value: str, limit: int | None, text: bool, trail: tuple[Any, ...], key: bool = False) -> None:
+    where = f"a key of {_path(trail)}" if key else _path(trail)
+    if limit is not None and len(value) > limit:
+        raise RPCError(400, f"{where}: a string of {len(value)} characters, more than the limit of {limit}")
+    if text:
+        at = _not_text(value)
+        if at is not None:
+            raise RPCError(400, f"{where}: the string is not valid Unicode text (a lone surrogate "
+                                f"{ascii(value[at])[1:-1]} at character {at})")
+
+
+class _Repeated(dict[str, Any]):
+    """An object in which a key was given twice: refused by ``_check_shape``."""
+
+    repeated = ""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        obj = _Repeated(obj)
+        obj.repeated = repeated
+        _flags.repeated = True
+    return obj
+
+
+#: What a parse noticed that needs the walk of ``_check_shape`` to report.
+_flags = threading.local()
+#: A JSON escape that may stand for a lone surrogate (valid UTF-8 text holds
+#: none, so only an escape can make one).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_object)
+
+
+def parse_json(data: bytes, max_depth: int = MAX_DEPTH, max_string: int | None = MAX_STRING_CHARS) -> tuple[Any, bool]:
+    """
+    Parse a UTF-8 JSON message without judging its contents; raises
+    ``RPCError(400)`` saying why not.  Returns the value and whether
+    ``check_message`` must look at it: only if the text could hold a
+    string or a nesting over the limits, a lone surrogate or a repeated key
+    (counting brackets and looking for escapes is much cheaper than a walk).
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RPCError(400, f"the message is not valid UTF-8 (byte {e.start})") from None
+    _flags.repeated = False
+    try:
+        value = _DECODER.decode(text)
+    except RecursionError:
+        raise RPCError(400, f"the message nests deeper than {max_depth} levels") from None
+    except ValueError as e:
+        raise RPCError(400, f"the message is not valid JSON ({e})") from None
+    suspect = (
+        _flags.repeated
+        or (max_string is not None and len(text) > max_string)
+        or text.count("{") + text.count("[") >= max_depth
+        or _SURROGATE_ESCAPE.search(text) is not None
+    )
+    return value, bool(suspect)
+
+
+def check_message(value: Any, suspect: bool, max_depth: int = MAX_DEPTH,
+                  max_string: int | None = MAX_STRING_CHARS) -> None:
+    """
+    Raise ``RPCError(400)`` naming the field if a parsed message nests too
+    deeply, holds too long a string, text that is not Unicode or a key
+    given twice; ``suspect`` is what ``parse_json`` said.
+    """
+    if suspect:
+        _check_shape(value, max_depth, max_string)
+
+
+def decode_json(data: bytes, max_depth: int = MAX_DEPTH, max_string: int | None = MAX_STRING_CHARS) -> Any:
+    """Parse and check a UTF-8 JSON message; raises ``RPCError(400)`` saying why not."""
+    value, suspect = parse_json(data, max_depth, max_string)
+    check_message(value, suspect, max_depth, max_string)
+    return value
 
 
 def settled(d: Deferred[Any]) -> tuple[bool, Any]:
@@ -210,10 +331,33 @@ class Router:
             e = RPCError(413, f"the message is {len(data)} bytes, more than the limit of {self.max_message_bytes}")
             return self._refusal(session, "rpc", "", e)
         try:
-            message = self.decode(data)
+            message, suspect = parse_json(data, self.max_depth, self.max_string_chars)
         except RPCError as e:
             return self._refusal(session, "rpc", "", e)
+        if suspect:
+            try:
+                check_message(message, suspect, self.max_depth, self.max_string_chars)
+            except RPCError as e:
+                # Parsed: the reply keeps the request's id, for clients that match replies by it.
+                namespace, request_id = self._echo(message)
+                return self._refusal(session, namespace, request_id, e)
         return self.handle_message(session, message)
+
+    def _echo(self, message: Any) -> tuple[str, str]:
+        """The namespace and id a reply to ``message`` carries, as far as they can be read from it."""
+        if not isinstance(message, dict):
+            return "rpc", ""
+        namespace = message.get("namespace")
+        request_id = message.get("id", "")
+        if isinstance(message, _Repeated) and message.repeated == "id":
+            request_id = ""  # which one?
+        elif isinstance(request_id, int | float) and not isinstance(request_id, bool):
+            request_id = json.dumps(request_id)[:256]
+        elif not isinstance(request_id, str) or len(request_id) > self.max_string_chars:
+            request_id = ""
+        elif _not_text(request_id) is not None:
+            request_id = ""
+        return namespace if namespace in ("rpc", "events") else "rpc", request_id
 
     def handle_message(self, session: Session, message: Any) -> Deferred[dict[str, Any] | None]:
         if not isinstance(message, dict):
@@ -261,7 +405,12 @@ class Router:
         # Before anything else, and so before any password or token is looked
         # at.  (auth_clear keeps its rule of no reply; it only forgets a token.)
         if key != ("rpc", "auth_clear"):
-            self.check_address(session)
+            try:
+                self.check_address(session)
+            except RPCError:
+                if key == ("rpc", "auth"):
+                    self.auth.count_login(session.transport, "blocked")
+                raise
         if key not in PUBLIC:
             self._require_user(session)
         handler = self.handlers.get(key)
@@ -281,9 +430,12 @@ class Router:
             raise RPCError(401, "not authenticated: log in with rpc/auth first")
         return session.user
 
-    def _require_full(self, session: Session, what: str) -> None:
+    def _require_full(self, session: Session, what: str, args: Any = None) -> None:
         user = self._require_user(session)
         if not user.may_write:
+            # The audit trail: who tried what, from where.
+            log.info("refused: user {username} from {peer} has read-only access and may not {what}: {jobs}",
+                     username=user.name, peer=session.peer, what=what, jobs=_job_ids(args))
             raise RPCError(403, f"user {user.name!r} has read-only access and may not {what}")
 
     # Authentication.
@@ -295,9 +447,10 @@ class Router:
         username, password = args.get("username"), args.get("password")
         if not isinstance(username, str) or not isinstance(password, str):
             raise RPCError(400, "auth: username and password must be strings")
+        _require_text("auth", username=username, password=password)
         session.logging_in += 1
         try:
-            user = yield self.auth.login(username, password, session.peer)
+            user = yield self.auth.login(username, password, session.peer, transport=session.transport)
         except AddressBlocked as e:
             raise RPCError(403, str(e)) from None
         except LoginBusy as e:
@@ -320,6 +473,7 @@ class Router:
         token = args.get("token") if isinstance(args, dict) else None
         if not isinstance(token, str):
             raise RPCError(400, "auth_token: args must be an object with a string token")
+        _require_text("auth_token", token=token)
         try:
             user = self.auth.use_token(token)
         except LoginFailed:
@@ -364,9 +518,10 @@ class Router:
         raise RPCError(400, f"dispatcher: unknown action {str(action)[:64]!r} (list, run or kill)")
 
     def _run(self, session: Session, args: dict[str, Any]) -> Any:
-        self._require_full(session, "run jobs")
+        self._require_full(session, "run jobs", args)
+        user = session.user
         try:
-            specs = self.dispatcher.parse_run(args)
+            specs = self.dispatcher.parse_run(args, user.name if user else None)
             submitted = self.dispatcher.submit(specs)
         except InvalidJob as e:
             raise RPCError(400, str(e)) from None
@@ -384,7 +539,7 @@ class Router:
         return submitted.addCallbacks(started, _refused)
 
     def _kill(self, session: Session, args: dict[str, Any]) -> Any:
-        self._require_full(session, "kill jobs")
+        self._require_full(session, "kill jobs", args)
         job_id = args.get("job_id")
         if isinstance(job_id, str):
             ids = [job_id]
@@ -392,7 +547,9 @@ class Router:
             ids = job_id
         else:
             raise RPCError(400, "kill: job_id must be a string or a non-empty list of strings")
-        d = self.dispatcher.kill(ids)
+        _require_text("kill", job_id="".join(ids))
+        user = session.user
+        d = self.dispatcher.kill(ids, user.name if user else None)
         return d.addCallback(lambda result: {"killed": {"jobs": result[0], "not_found": result[1]}})
 
     # The history.
@@ -420,11 +577,12 @@ class Router:
     def _last_record(self, job_id: Any) -> Deferred[Any]:
         if not isinstance(job_id, str) or not job_id:
             raise RPCError(400, "logs: job_id must be a non-empty string")
+        _require_text("logs", job_id=job_id)
 
         def found(record: dict[str, Any] | None) -> dict[str, Any]:
             if record is None:
-                raise RPCError(404, f"no finished job {job_id[:256]!r} in the history")
-            return record
+                raise RPCError(404, f"no job {job_id[:256]!r}: none is pending or running, and none in the history")
+            return flat_record(record)
 
         return self.dispatcher.last_record(job_id).addCallbacks(found, _refused)
 
@@ -458,6 +616,26 @@ class Router:
         for name in names:
             session.events.unsubscribe(name)
         return {"unsubscribe": names[0] if len(names) == 1 else names}
+
+
+def _job_ids(args: Any) -> str:
+    """The job ids a ``run`` or ``kill`` names, for the log (not their commands or environment)."""
+    if not isinstance(args, dict):
+        return "?"
+    if "job_id" in args:
+        ids = args["job_id"]
+    elif isinstance(args.get("jobs"), list):
+        ids = [job.get("id", f"jobs[{n}]") if isinstance(job, dict) else "?" for n, job in enumerate(args["jobs"])]
+    else:
+        ids = [key for key in args if key != "action"]
+    return ascii(ids)[:200]
+
+
+def _require_text(what: str, **fields: str) -> None:
+    """For callers that bypass ``decode_json`` (which refuses such strings anywhere in a message)."""
+    for name, value in fields.items():
+        if _not_text(value) is not None:
+            raise RPCError(400, f"{what}: {name} is not valid Unicode text (it holds a lone surrogate)")
 
 
 def _refused(f: Failure) -> Failure:

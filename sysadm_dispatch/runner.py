@@ -164,6 +164,12 @@ class JobRunner:
             self._spawning = False
             self._not_started(index, e)
             return
+        except Exception as e:
+            # A bug, or something unforeseen: the job still ends as one that could not start.
+            self._spawning = False
+            log.failure("bug while starting a command of job {job_id}", job_id=job.id)
+            self._not_started(index, SpawnError(f"internal error ({type(e).__name__}); the server log has the details"))
+            return
         self._spawning = False
         self._command = command
         self._commands.append(command)
@@ -237,6 +243,8 @@ class JobRunner:
 
     def _timed_out(self) -> None:
         log.info("job {job_id}: timed out after {seconds}s", job_id=self.job.id, seconds=self.job.timeout)
+        if not (self.job.killed or self.job.timed_out):
+            self.job.killed_by = "timeout"
         self.kill(timed_out=True)
 
     def _begin_stop(self) -> None:
@@ -346,6 +354,10 @@ class JobRunner:
         for command in self._commands:
             if command.output_open:
                 command.abandon()
+        # The commands call back into this runner: without them, the job
+        # (and its logs, up to the cap per command) is freed as soon as it is
+        # dropped, not when the cycle collector next runs.
+        self._commands = []
         if self.tree is not None:
             self.processes.forget(self.tree)
         self.done.callback(self.job)

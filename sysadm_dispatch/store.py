@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.application.service import Service
@@ -37,6 +37,8 @@ log = Logger()
 
 #: How long, at most, a finished record waits to be written with others.
 FINISH_DELAY = 0.05
+#: Bytes that must be free beside the database for ``probe`` to succeed.
+PROBE_MIN_FREE = 64 * 1024
 
 #: One step per schema version: the statements that take the schema from
 #: version N to N + 1, run in one transaction.
@@ -55,6 +57,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             record TEXT NOT NULL)""",
         "CREATE INDEX history_by_time ON history (time_finished)",
         "CREATE INDEX history_by_job ON history (job_id)",
+    ),
+    (
+        # Who submitted a job and who ended it (a user, timeout, shutdown):
+        # NULL in rows written before.
+        "ALTER TABLE active_jobs ADD COLUMN submitted_by TEXT",
+        "ALTER TABLE history ADD COLUMN submitted_by TEXT",
+        "ALTER TABLE history ADD COLUMN killed_by TEXT",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -256,6 +265,10 @@ class Store:
         #: Finished records not yet handed to the writer thread (see ``finish``).
         self._finishes: list[tuple[tuple[str, float, dict[str, Any]], Deferred[None]]] = []
         self._flush_call: Any = None
+        #: ``observe(commit_seconds, errors)`` on the reactor thread after each
+        #: pass of the writer thread: how long its commits took, and how many
+        #: requests the store could not do (the metrics count with these).
+        self.observers: list[Callable[[list[float], int], None]] = []
 
     def prepare(self) -> str | None:
         """
@@ -286,7 +299,7 @@ class Store:
 
     def add(self, jobs: Sequence[tuple[JobSpec, float, float | None]]) -> Deferred[None]:
         """Record accepted jobs in this order: ``(spec, time queued, time started or None)``."""
-        rows = [(spec.id, spec_to_json(spec), queued, started) for spec, queued, started in jobs]
+        rows = [(spec.id, spec_to_json(spec), queued, started, spec.submitted_by) for spec, queued, started in jobs]
         # Other jobs' waiting ends may stay waiting; an end of one of these goes first.
         ending = {job_id for (job_id, _, _), _ in self._finishes}
         return self._submit(self._add, (rows,), write=True, flush=not ending.isdisjoint(row[0] for row in rows))
@@ -337,6 +350,10 @@ class Store:
 
         self._submit(self._finish, (rows,), write=True, flush=False).addBoth(written)
 
+    def probe(self) -> Deferred[None]:
+        """A write of nothing that matters, committed like any other: fails if the store cannot write."""
+        return self._submit(self._probe, (), write=True)
+
     def history(self, start: float, end: float, limit: int) -> Deferred[HistoryPage]:
         """Records finished in ``[start, end]``, newest first, at most ``limit``; and whether more matched."""
         return self._submit(self._history, (start, end, limit), write=False)
@@ -370,18 +387,21 @@ class Store:
                     self._wake.wait()
                 calls = [self._calls.popleft() for _ in range(min(len(self._calls), self.max_batch))]
             results: list[tuple[Deferred[Any], Any]] = []
+            commits: list[float] = []
             i = 0
             while i < len(calls):
                 if calls[i].write:
                     j = i
                     while j < len(calls) and calls[j].write:
                         j += 1
+                    began = time.monotonic()
                     results += self._write(calls[i:j])
+                    commits.append(time.monotonic() - began)
                     i = j
                 else:
                     results.append((calls[i].deferred, self._read(calls[i])))
                     i += 1
-            self.reactor.callFromThread(_deliver, results)
+            self.reactor.callFromThread(self._deliver, results, commits)
             if any(call.fn == self._close for call in calls):
                 return
 
@@ -426,8 +446,10 @@ class Store:
         except StoreError as e:
             self._unavailable = f"the job store is unavailable: {e}"
             raise
-        rows = self._conn.execute("SELECT spec, time_queued, time_started FROM active_jobs ORDER BY seq").fetchall()
-        return Opened([StoredJob(spec_from_json(spec), queued, started) for spec, queued, started in rows], moved)
+        rows = self._conn.execute(
+            "SELECT spec, time_queued, time_started, submitted_by FROM active_jobs ORDER BY seq").fetchall()
+        return Opened([StoredJob(replace(spec_from_json(spec), submitted_by=by), queued, started)
+                       for spec, queued, started, by in rows], moved)
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -435,12 +457,25 @@ class Store:
             self._conn = None
         self._unavailable = "the job store is closed"
 
-    def _add(self, rows: list[tuple[str, str, float, float | None]]) -> None:
+    def _add(self, rows: list[tuple[str, str, float, float | None, str | None]]) -> None:
         assert self._conn is not None
         # REPLACE: a row left behind by a job whose end could not be recorded
         # is stale; the dispatcher's job table is the truth about what is active.
         self._conn.executemany(
-            "INSERT OR REPLACE INTO active_jobs (job_id, spec, time_queued, time_started) VALUES (?, ?, ?, ?)", rows)
+            "INSERT OR REPLACE INTO active_jobs (job_id, spec, time_queued, time_started, submitted_by) "
+            "VALUES (?, ?, ?, ?, ?)", rows)
+
+    def _probe(self) -> None:
+        assert self._conn is not None
+        self._conn.execute("UPDATE schema_version SET version = version")
+        # A commit may fit in space the database file already has: the free
+        # space says whether the next one that needs more will.
+        if self.path != ":memory:":
+            directory = os.path.dirname(os.path.abspath(self.path))
+            st = os.statvfs(directory)
+            free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+            if free < PROBE_MIN_FREE:
+                raise StoreError(f"the job store cannot write: disk is full ({free} bytes free in {directory})")
 
     def _mark(self, job_id: str, now: float | None) -> None:
         assert self._conn is not None
@@ -449,9 +484,12 @@ class Store:
     def _finish(self, rows: list[tuple[str, float, dict[str, Any]]]) -> None:
         assert self._conn is not None
         self._conn.executemany("DELETE FROM active_jobs WHERE job_id = ?", [(job_id,) for job_id, _, _ in rows])
+        # Encoded one at a time as SQLite takes them: a record may hold
+        # megabytes of output, and a batch hundreds of records.
         self._conn.executemany(
-            "INSERT INTO history (job_id, time_finished, record) VALUES (?, ?, ?)",
-            [(job_id, time_finished, json.dumps(record, ensure_ascii=False)) for job_id, time_finished, record in rows])
+            "INSERT INTO history (job_id, time_finished, record, submitted_by, killed_by) VALUES (?, ?, ?, ?, ?)",
+            ((job_id, time_finished, json.dumps(record, ensure_ascii=False), record.get("submitted_by"),
+              record.get("killed_by")) for job_id, time_finished, record in rows))
 
     def _history(self, start: float, end: float, limit: int) -> HistoryPage:
         assert self._conn is not None
@@ -478,6 +516,13 @@ class Store:
                 "DELETE FROM history WHERE seq IN (SELECT seq FROM history ORDER BY time_finished, seq LIMIT ?)",
                 (min(excess, chunk - deleted),)).rowcount
         return int(deleted)
+
+    def _deliver(self, results: list[tuple[Deferred[Any], Any]], commits: list[float]) -> None:
+        if self.observers:
+            errors = sum(1 for _, result in results if isinstance(result, Failure) and result.check(StoreError))
+            for observe in self.observers:
+                observe(commits, errors)
+        _deliver(results)
 
 
 def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:

@@ -116,6 +116,10 @@ class SystemChecker:
     def start(self) -> None:
         self.pool.start()
 
+    def reload(self) -> None:
+        """SIGHUP: cached HTTP Basic logins are checked with PAM again (and the user's groups read again)."""
+        self.changed += 1
+
     def stop(self) -> None:
         self.pool.stop()
 

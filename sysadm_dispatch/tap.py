@@ -12,8 +12,9 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.python.components import Componentized
 from twisted.python.threadpool import ThreadPool
 
 from .auth import (
@@ -25,12 +26,16 @@ from .auth import (
     ensure_users_file,
     map_big_blocks,
 )
+from .dashboard import DashboardRoot
 from .dispatcher import Dispatcher
 from .guard import LoginGuard, calm_accept
 from .job import DEFAULT_QUEUES, Limits
+from .metrics import DispatchMetrics
 from .procs import SubreaperService
 from .rest import RestAPI
 from .rpc import Router
+from .sdnotify import NotifyService, ReloadService, take_notify_socket
+from .serverlog import FORMATS, ServerLog
 from .store import HistoryPruner, Store, StoreError
 from .system_auth import SystemAuthError, SystemChecker
 from .websocket import make_websocket_factory
@@ -162,11 +167,16 @@ class Options(usage.Options):
          "disconnected.", _number("event-backlog-bytes", int, 65536, 1 << 30)],
         ["event-backlog-seconds", None, 5.0, "Seconds the bytes waiting for a WebSocket client may stay above "
          "--event-backlog-bytes before it is disconnected.", _number("event-backlog-seconds", float, 0.1, 3600)],
+        ["metrics", None, None, "Prometheus metrics endpoint, e.g. tcp:9150:interface=127.0.0.1 (no login: bind it "
+         "where only the monitoring reaches it) [default: off]."],
+        ["log-format", None, "text", "Log as text or json (one JSON object a line, with each event's fields).",
+         _choice("log-format", FORMATS)],
     ]
 
     optFlags = [
         ["trust-proxy", None, "Take the client's address from X-Forwarded-For (only behind a proxy you run)."],
         ["access-log", None, "Log a line for every REST request."],
+        ["no-dashboard", None, "Serve neither the web dashboard (GET /) nor WebSocket at /ws on the REST listener."],
     ]
 
     def __init__(self) -> None:
@@ -205,6 +215,31 @@ def _endpoint(reactor: Any, option: str, spec: str, tls_option: bool = False) ->
                          "install it with pip install 'twisted[tls]' in the server's environment") from None
     except Exception as e:  # any reason (an unreadable TLS key, say) is reported in one line
         raise SystemExit(f"sysadm-dispatch: --{option} {spec!r}: {e or type(e).__name__}") from None
+
+
+class ServerService(MultiService):
+    """
+    The whole server.  Under ``twistd`` it brings its own log observer,
+    given to the application as twistd expects (see ``serverlog``).
+    """
+
+    log_observer: Any = None
+
+    def setServiceParent(self, parent: Any) -> Any:
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)
+
+
+def _server_log(options: Options) -> ServerLog | None:
+    """The log of a server run by ``twistd`` (None otherwise, or when twistd is told to log elsewhere)."""
+    twistd = getattr(options, "parent", None)
+    if twistd is None or twistd.get("logger") or twistd.get("syslog"):
+        return None
+    try:
+        return ServerLog(options["log-format"], twistd.get("logfile") or "", bool(twistd.get("nodaemon")))
+    except OSError as e:
+        raise SystemExit(f"sysadm-dispatch: cannot open the log file: {e}") from None
 
 
 class _GuardService(Service):
@@ -337,10 +372,16 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     except (OSError, UsersFileError, SystemAuthError) as e:
         # Reported like a bad option: one line, no traceback.
         raise SystemExit(f"sysadm-dispatch: cannot prepare the state directory or users file: {e}") from None
-    endpoints = {name: _endpoint(reactor, name, options[name], bool(options["tls-cert"])) for name in ("ws", "rest")}
+    endpoints = {name: _endpoint(reactor, name, options[name], bool(options["tls-cert"]))
+                 for name in ("ws", "rest", "metrics") if options[name]}
     store = open_store(options, reactor)
+    # Before the dispatcher copies the environment for its jobs.
+    notify_socket = take_notify_socket()
 
-    top = MultiService()
+    top = ServerService()
+    server_log = _server_log(options)
+    if server_log is not None:
+        top.log_observer = server_log.observer()
     dispatcher = Dispatcher(
         reactor,
         queues=options["queues"],
@@ -382,7 +423,21 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         max_connections_per_address=options["max-rest-connections-per-address"],
         max_connections=options["max-rest-connections"], request_timeout=options["request-timeout"],
     )
+    if not options["no-dashboard"]:
+        # The page, its assets and /ws beside the API (docs/dashboard.rst).
+        rest.resource = DashboardRoot(rest.resource, ws)
     ListenerService("rest", endpoints["rest"], rest, options["rest"], reactor).setServiceParent(top)
+    if "metrics" in endpoints:
+        metrics = DispatchMetrics(dispatcher, auth=auth, websocket=ws, store=store)
+        ListenerService("metrics", endpoints["metrics"], metrics.site(), options["metrics"], reactor
+                        ).setServiceParent(top)
+    if server_log is not None:
+        rotate = server_log.logfile.rotate if server_log.logfile is not None else None
+        ReloadService(reactor, checker.reload, server_log.reopen, rotate).setServiceParent(top)
+    if notify_socket is not None:
+        listeners = [service for service in top if isinstance(service, ListenerService)]
+        NotifyService(notify_socket, lambda: [*(listener.when_listening() for listener in listeners),
+                                              dispatcher.when_recovered()]).setServiceParent(top)
     top.dispatcher = dispatcher  # type: ignore[attr-defined]
     top.router = router  # type: ignore[attr-defined]
     return top

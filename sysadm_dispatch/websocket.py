@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -182,7 +182,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
             transport: Any = self.transport
             forwarded = request.headers.get("x-forwarded-for") if factory.trust_proxy else None
             address = client_address(peer_host(transport.getPeer()), forwarded, factory.trust_proxy)
-            self.session = Session(peer=address, events=self)
+            self.session = Session(peer=address, events=self, transport="websocket")
         except Exception:
             log.failure("onConnect failed")
             raise
@@ -207,6 +207,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
     def _timed_out(self, code: int, reason: str) -> None:
         log.info("closing websocket connection from {peer}: {reason}", peer=self.session.peer, reason=reason)
+        self.factory.dropped["idle" if code == CLOSE_NORMAL else "auth_timeout"] += 1
         if code == CLOSE_NORMAL:
             self.sendClose(code, reason)
         else:
@@ -395,6 +396,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
             "closing websocket connection from {peer}: {why}; the client is not reading fast enough",
             peer=self.session.peer, why=why,
         )
+        self.factory.dropped["slow_consumer"] += 1
         for subscription in self._subscriptions.values():
             subscription.cancel()
         self._subscriptions.clear()
@@ -455,6 +457,9 @@ class DispatchServerFactory(WebSocketServerFactory):
         #: Bytes that may wait for one slow client (for ``backlog_grace`` seconds) before it is disconnected.
         self.max_backlog_bytes = max_backlog_bytes
         self.backlog_grace = backlog_grace
+        #: Connections closed by the server, by reason: ``slow_consumer``,
+        #: ``idle``, ``auth_timeout`` (for the metrics).
+        self.dropped: Counter[str] = Counter()
         # Size limits are enforced per message by the protocol (413, and the
         # connection stays open), not by closing the connection.
         self.setProtocolOptions(

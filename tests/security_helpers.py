@@ -22,6 +22,8 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
+from sysadm_dispatch.serverlog import event_as_json_line
+
 
 class Refused(Exception):
     """The server refused the WebSocket opening handshake."""
@@ -72,8 +74,11 @@ def captured_log() -> Iterator[list[dict[str, Any]]]:
 
 
 def log_text(events: list[dict[str, Any]]) -> str:
-    """The events formatted, plus the repr of each one (so secrets in any field are seen)."""
-    return "\n".join(f"{formatEvent(event)} {event!r}" for event in events)
+    """
+    The events formatted, the repr of each one (so secrets in any field are
+    seen) and each as the JSON line ``--log-format json`` writes.
+    """
+    return "\n".join(f"{formatEvent(event)} {event!r} {event_as_json_line(event)}" for event in events)
 
 
 class Counter:

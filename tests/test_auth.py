@@ -257,6 +257,8 @@ def test_check_private(tmp_path: Any) -> None:
 
 
 def test_default_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     assert default_state_dir() == str(tmp_path / "xdg" / "sysadm-dispatch")
     monkeypatch.delenv("XDG_STATE_HOME")
@@ -264,6 +266,25 @@ def test_default_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> No
     assert default_state_dir() == str(tmp_path / "home" / ".local" / "state" / "sysadm-dispatch")
     monkeypatch.setenv("XDG_STATE_HOME", "")
     assert default_state_dir() == str(tmp_path / "home" / ".local" / "state" / "sysadm-dispatch")
+
+
+def test_default_state_dir_of_a_service(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    # Root: the system's place, not root's home.
+    assert default_state_dir() == "/var/lib/sysadm-dispatch"
+    # Under systemd (StateDirectory=), whoever the user is: its directory (the first, if several).
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/sysadm-dispatch-test:/var/lib/other")
+    assert default_state_dir() == "/var/lib/sysadm-dispatch-test"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert default_state_dir() == "/var/lib/sysadm-dispatch-test"
+    # An explicit XDG_STATE_HOME still counts for root.
+    monkeypatch.delenv("STATE_DIRECTORY")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert default_state_dir() == str(tmp_path / "xdg" / "sysadm-dispatch")
 
 
 # Tokens, on a Clock.

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import select
+import signal
 import subprocess
+import time
+import urllib.request
 from typing import Any
 
 import pytest_twisted
@@ -18,18 +23,61 @@ from sysadm_dispatch.auth import FULL, UserEntry, hash_password, write_users
 EXAMPLE = os.path.join(REPO, "docs", "examples", "embed.py")
 
 
-def test_documented_example_runs(tmp_path: Any) -> None:
+class Lines:
+    """A child's output, line by line, each awaited for a bounded time."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        self.fd = process.stdout.fileno()
+        self.buffer = b""
+        self.seen: list[str] = []
+
+    def until(self, predicate: Any, seconds: float = 60) -> str:
+        deadline = time.monotonic() + seconds
+        while True:
+            while b"\n" in self.buffer:
+                line, self.buffer = self.buffer.split(b"\n", 1)
+                self.seen.append(line.decode())
+                if predicate(self.seen[-1]):
+                    return self.seen[-1]
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"nothing matched within {seconds}s; output so far: {self.seen}"
+            data = os.read(self.fd, 65536)
+            assert data, f"the example exited; output: {self.seen}"
+            self.buffer += data
+
+
+def test_documented_example_runs_and_serves_a_real_request(tmp_path: Any) -> None:
     users = tmp_path / "users"
     write_users(str(users), {"me": UserEntry("me", FULL, hash_password("pw"))})
-    out = subprocess.run([PYTHON, EXAMPLE, str(users)], env=python_env(), capture_output=True, text=True,
-                         timeout=60, check=True).stdout
-    lines = out.splitlines()
-    assert lines[0].startswith("listening ")
-    assert [line for line in lines if line.startswith("event")] == ["event pending", "event running", "event finished"]
-    record = json.loads(next(line for line in lines if line.startswith("record "))[len("record "):])
-    assert record["success"] == "true"
-    assert record["queue"] == "backup_queue"
-    assert record["process_details"]["echo world"] == "world\n"
+    process = subprocess.Popen([PYTHON, EXAMPLE, str(users)], env=python_env(), stdout=subprocess.PIPE)
+    try:
+        lines = Lines(process)
+        listening = lines.until(lambda line: line.startswith("listening "))
+        rest_port = int(listening.split()[1])
+        record = json.loads(lines.until(lambda line: line.startswith("record "))[len("record "):])
+        events = [line for line in lines.seen if line.startswith("event")]
+        # Output may go out in running updates of its own before the end (a job's first at once).
+        assert events[:2] == ["event pending", "event running"] and events[-1] == "event finished", events
+        assert set(events[2:-1]) <= {"event running"}, events
+        assert record["success"] == "true"
+        assert record["queue"] == "backup_queue"
+        assert record["process_details"]["echo world"] == "world\n"
+        # It goes on serving: a client's request runs a job through it.
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{rest_port}/rpc/dispatcher", method="PUT",
+            data=json.dumps({"action": "run", "served": "echo served"}).encode(),
+            headers={"Authorization": "Basic " + base64.b64encode(b"me:pw").decode()})
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (a fixed http URL)
+            reply = json.loads(response.read())
+        assert reply["args"]["started"] == ["served"]
+        lines.until(lambda line: line == "event finished")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest_twisted.ensureDeferred

@@ -383,11 +383,11 @@ def test_list_entry_running() -> None:
     entry = job.list_entry("0")
     assert entry["state"] == RUNNING and entry["queue_position"] == "0"
     assert entry["time_started"] == iso_time(T0 + 5)
-    assert "current_cmd" not in entry, "no command has begun yet"
+    assert entry["current_cmd"] == "echo a", "about to begin"
     job.begin_command()
     assert job.list_entry("0")["current_cmd"] == "echo a"
     job.end_command(0)
-    assert "current_cmd" not in job.list_entry("0")
+    assert job.list_entry("0")["current_cmd"] == "echo b", "the next, about to begin"
     job.begin_command()
     assert job.list_entry("0")["current_cmd"] == "echo b"
     json.dumps(job.list_entry("0"), allow_nan=False)
@@ -468,6 +468,8 @@ def test_record_fields() -> None:
         "interrupted": False,
         "signal": None,
         "escalated": False,
+        "submitted_by": None,
+        "killed_by": None,
     }
     json.dumps(record, allow_nan=False)
 

@@ -45,8 +45,8 @@ async def test_read_logs_over_rest_and_websocket(server: Server) -> None:
     records = reply["dispatcher"]
     assert sorted(r["process_id"] for r in records.values()) == ["a", "b"]
     for key, record in records.items():
-        # Exactly the finished event's args, under its finish time.
-        assert record == finished[record["process_id"]]
+        # The finished event's args, under its finish time, and its details flat beside them.
+        assert record == {**finished[record["process_id"]]["process_details"], **finished[record["process_id"]]}
         assert key.split("#")[0][:19] == record["process_details"]["time_finished"][:19]
     assert list(records) == sorted(records, reverse=True), "newest first"
 
@@ -56,7 +56,7 @@ async def test_read_logs_over_rest_and_websocket(server: Server) -> None:
     assert ws_reply["name"] == "response" and ws_reply["id"] == "hist"
     assert ws_reply["args"] == reply
     ws_reply = await client.call("logs", {"action": "job", "job_id": "b"})
-    assert ws_reply["args"] == finished["b"]
+    assert ws_reply["args"] == {**finished["b"]["process_details"], **finished["b"]}
 
 
 @ensure
@@ -108,7 +108,7 @@ async def test_latest_record_of_a_job_or_404(server: Server) -> None:
     await run_and_wait(server, "again")
     second = (await run_and_wait(server, "again"))["again"]
     status, reply = await logs(server, {"action": "job", "job_id": "again"})
-    assert status == 200 and reply == second
+    assert status == 200 and reply == {**second["process_details"], **second}
     status, reply = await logs(server, {"action": "job", "job_id": "never-ran"})
     assert status == 404
     assert reply["message"] == "Not Found" and "'never-ran'" in reply["detail"]

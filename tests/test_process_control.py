@@ -152,6 +152,57 @@ async def test_term_obeyed_needs_no_escalation_and_term_ignored_does(server: Ser
     assert elapsed >= 1.0  # the grace (1 s in tests) was given before SIGKILL
 
 
+def process_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+@ensure
+async def test_a_job_that_stopped_itself_obeys_term_without_escalation(make_server) -> None:
+    # SIGTERM stays pending on a stopped process: the SIGCONT after it lets
+    # the job act on it, well within the grace (no SIGKILL needed).
+    server = await make_server("--kill-grace", "10")
+    await server.run({"jobs": [{"id": "stopped", "commands": "sh -c 'kill -STOP $$; sleep 300'"}]})
+    await poll(lambda: "stopped" in server.dispatcher._runners and server.dispatcher._runners["stopped"].pid)
+    leader = server.dispatcher._runners["stopped"].pid
+    await poll(lambda: process_state(leader) == "T")
+    finished = server.wait_finished("stopped")
+    before = reactor.seconds()
+    _, body, _ = await server.rest({"action": "kill", "job_id": "stopped"})
+    assert body["args"]["killed"]["jobs"] == ["stopped"]
+    record = await finished
+    assert (record["signal"], record["escalated"], record["killed"]) == ("SIGTERM", False, True)
+    assert reactor.seconds() - before < 5
+    assert not pid_alive(leader)
+
+
+@ensure
+async def test_a_fork_looping_job_is_frozen_and_killed_whole(make_server, tmp_path) -> None:
+    # Its children leave the session and the environment: once their parent
+    # dies, nothing ties them to the job.  Without the SIGSTOP freeze before
+    # SIGKILL, the ones forked between the last look and the parent's death
+    # would live on.
+    server = await make_server("--kill-grace", "0.3")
+    pids = tmp_path / "pids"
+    loop = os.path.join(HERE, "helpers", "fork_loop.py")
+    command = f"sh -c 'trap \"\" TERM; {PYTHON} {loop} {pids} 3000 & sleep 300'"
+    await server.run({"jobs": [{"id": "forks", "commands": command}]})
+    await read_pids(pids, 50)
+    finished = server.wait_finished("forks")
+    _, body, _ = await server.rest({"action": "kill", "job_id": "forks"})
+    assert body["args"]["killed"]["jobs"] == ["forks"]
+    record = await finished
+    assert (record["escalated"], record["killed"]) == (True, True)
+    children = [int(word) for word in pids.read_text().split()]
+    survivors = [pid for pid in children if pid_alive(pid)]
+    for pid in survivors:
+        os.kill(pid, 9)
+    assert survivors == [], f"{len(survivors)} of {len(children)} children survived the kill"
+
+
 # Timeouts.
 
 
@@ -300,9 +351,11 @@ def rss_bytes() -> int:
 
 #: The issue's flood: 1 GiB as fast as ``head`` writes it (a few seconds here).
 FLOOD_BYTES = 1 << 30
-#: What the server's resident memory may grow by meanwhile: the log cap
-#: (1 MiB) and a read buffer, with room for the allocator's slack.
-RSS_BOUND = 64 << 20
+#: What the server's resident memory may grow by meanwhile: docs/processes.rst
+#: says a few MiB, and up to about 46 MiB for the first flood after it starts
+#: (this one; ``bench/capture.py`` under twistd).  Here it is about 20 MiB:
+#: the bound is kept near that, with a margin for the allocator.
+RSS_BOUND = 32 << 20
 
 
 @ensure
@@ -365,7 +418,8 @@ async def test_500_jobs_at_once_listed_killed_and_no_descriptor_leaks(server: Se
     killed_in = reactor.seconds() - before
     assert status == 200 and sorted(body["args"]["killed"]["jobs"]) == sorted(ids)
     assert [pid for pid in pids if pid_alive(pid)] == []
-    assert killed_in < 10
+    # docs/processes.rst: "under a second" (with a margin for a busy machine).
+    assert killed_in < 2.0
     for job_id in ids:
         record = await server.wait_finished(job_id)
         assert record["killed"] is True and record["signal"] == "SIGTERM"

@@ -233,6 +233,7 @@ def test_kill_after_timeout_keeps_the_first_reason() -> None:
 
 
 def test_unkillable_leader_is_given_up_on_without_an_invented_exit_code() -> None:
+    assert AFTER_KILL_SECONDS == 2.0  # as docs/processes.rst says
     clock, processes, runner, done = make()
     runner.kill()
     processes.answer(1)

@@ -23,6 +23,7 @@ import pytest
 import pytest_twisted
 from conftest import poll, with_timeout
 from twisted.internet import reactor
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 
 from sysadm_dispatch import Dispatcher, HistoryPruner, Store, Unavailable
@@ -100,6 +101,22 @@ async def test_active_jobs_and_history_survive_reopening(path: str) -> None:
 
 
 @ensure
+async def test_the_connection_is_durable_write_ahead_logged_and_exclusive(path: str) -> None:
+    # What docs/persistence.rst promises of the store's own connection: WAL,
+    # and a commit acknowledged only once on disk (synchronous=FULL).
+    store, _ = await open_store(path)
+
+    def pragmas() -> tuple[Any, ...]:
+        assert store._conn is not None
+        return tuple(store._conn.execute(f"PRAGMA {name}").fetchone()[0]
+                     for name in ("journal_mode", "synchronous", "locking_mode"))
+
+    journal, synchronous, locking = await with_timeout(store._submit(pragmas, (), write=False))
+    assert (journal, synchronous, locking) == ("wal", 2, "exclusive")  # 2: FULL
+    await store.close()
+
+
+@ensure
 async def test_requests_waiting_together_share_one_commit(path: str) -> None:
     state: dict[str, Any] = {}
     store, _ = await open_store(path, connect=faulty(state))
@@ -128,6 +145,7 @@ async def test_finished_records_share_one_commit_within_the_delay(path: str) -> 
     for d in ds:
         await with_timeout(d)
     # Nothing else asked for a write or a read: they waited for the delay, then one commit.
+    assert store_module.FINISH_DELAY == 0.05  # as docs/persistence.rst says
     assert reactor.seconds() - started >= store_module.FINISH_DELAY * 0.9
     assert state["commits"] - before == 1
     await store.close()
@@ -268,6 +286,29 @@ async def test_pruner_runs_at_start_and_then_on_its_clock(path: str) -> None:
     assert [r["process_id"] for _, r in rows] == ["j5"]
     await with_timeout(pruner.stopService())
     await store.close()
+
+
+def test_the_pruner_runs_hourly_by_default() -> None:
+    # README.rst: "pruned at start and hourly"; the server builds its pruner
+    # without an interval of its own.
+    calls: list[float] = []
+    clock = Clock()
+
+    class CountingStore:
+        def prune(self, before: float, keep: int) -> Any:
+            calls.append(clock.seconds())
+            return succeed(0)
+
+    pruner = HistoryPruner(CountingStore(), clock, days=30, max_jobs=1000)  # type: ignore[arg-type]
+    pruner.startService()
+    assert calls == [0.0]
+    clock.advance(3599)
+    assert calls == [0.0]
+    clock.advance(1)
+    assert calls == [0.0, 3600.0]
+    clock.advance(3600)
+    assert calls == [0.0, 3600.0, 7200.0]
+    pruner.stopService()
 
 
 # Schema versions, corrupt files, a second server.
@@ -544,6 +585,7 @@ async def test_looking_and_killing_right_after_a_start_see_the_recovered_jobs(pa
 async def test_a_big_run_starts_in_slices_and_a_stop_keeps_the_waiting_ones_pending(path: str) -> None:
     dispatcher = await start(path)
     per_turn = dispatcher_module.STARTS_PER_TURN
+    assert per_turn == 32  # as docs/processes.rst says
     jobs = [{"id": f"big{i:03d}", "commands": "sleep 30"} for i in range(per_turn * 3)]
     await with_timeout(dispatcher.submit(dispatcher.parse_run({"action": "run", "jobs": jobs})))
     # The reply came once all were recorded; only the first slice runs yet.
@@ -557,4 +599,42 @@ async def test_a_big_run_starts_in_slices_and_a_stop_keeps_the_waiting_ones_pend
     assert all(j.time_started is None for j in opened.jobs)
     first = await store.latest("big000")
     assert first["interrupted"] is True
+    await store.close()
+
+
+@ensure
+async def test_killing_many_pending_jobs_finishes_them_in_slices(path: str) -> None:
+    events: list[dict[str, Any]] = []
+    dispatcher = await start(path, events)
+    per_turn = dispatcher_module.KILLS_PER_TURN
+    count = per_turn * 3
+    await with_timeout(dispatcher.submit(dispatcher.parse_run({"action": "run", "jobs": [
+        {"id": "blocker", "commands": "sleep 30", "queue": "pkg_queue"},
+        *({"id": f"p{i}", "commands": "true", "queue": "pkg_queue"} for i in range(count))]})))
+    ids = [f"p{i}" for i in range(count)]
+    d = dispatcher.kill(ids)
+    # At once: out of the queue (never started, no longer listed), the
+    # first slice finished; the others on the next turns.
+    assert list(dispatcher.list_jobs()["pkg_queue"]) == ["blocker"]
+    finished = [e["process_id"] for e in events if e["state"] == "finished"]
+    assert finished == ids[:per_turn]
+    assert not d.called
+    killed, not_found = await with_timeout(d)
+    assert (killed, not_found) == (ids, [])
+    finished = [e["process_id"] for e in events if e["state"] == "finished"]
+    assert finished == ids
+    assert all(e["killed"] is True for e in events if e["state"] == "finished")
+    assert set(dispatcher.jobs) == {"blocker"}
+    # A second kill of the same ids while a first is finishing them waits for it;
+    # a stop meanwhile records every one of them as killed.
+    more = [f"q{i}" for i in range(count)]
+    await with_timeout(dispatcher.submit(dispatcher.parse_run({"action": "run", "jobs": [
+        {"id": job_id, "commands": "true", "queue": "pkg_queue"} for job_id in more]})))
+    first, second = dispatcher.kill(more), dispatcher.kill(more[-2:])
+    assert not first.called and not second.called
+    await with_timeout(dispatcher.stopService())
+    assert (await with_timeout(first))[0] == more and (await with_timeout(second))[0] == more[-2:]
+    store, opened = await open_store(path)
+    assert opened.jobs == []  # none pending again: all killed, the blocker interrupted
+    assert (await store.latest(more[-1]))["killed"] is True
     await store.close()

@@ -23,6 +23,7 @@ def state_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> str:
     """Keep every test off the real home directory."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     return str(tmp_path / "xdg")
 
 
@@ -53,10 +54,21 @@ def test_defaults(state_home: str) -> None:
 
 def test_state_dir_without_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     options = parse()
     expected = str(tmp_path / "home" / ".local" / "state" / "sysadm-dispatch")
     assert options["state-dir"] == expected
     assert options["users"] == os.path.join(expected, "users")
+
+
+def test_state_dir_as_a_service(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert parse()["state-dir"] == "/var/lib/sysadm-dispatch"
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "systemd"))
+    options = parse()
+    assert options["state-dir"] == str(tmp_path / "systemd")
+    assert options["users"] == str(tmp_path / "systemd" / "users")
 
 
 def test_state_dir_given(tmp_path: Any) -> None:

@@ -1,8 +1,9 @@
 """
 Embedding sysadm-dispatch in a plain Twisted program, without twistd.
 
-Runs a job from Python and prints its finished record, while serving the
-REST and WebSocket APIs on the ports given (0 picks free ones), then stops.
+Runs a job from Python and prints its finished record, then goes on serving
+the REST and WebSocket APIs on the ports it printed (free ones) until it is
+interrupted (Ctrl-C or SIGTERM): running jobs are killed before it exits.
 
     python embed.py USERS_FILE
 """
@@ -10,7 +11,7 @@ REST and WebSocket APIs on the ports given (0 picks free ones), then stops.
 import json
 import sys
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import react
 from twisted.web.server import Site
@@ -21,6 +22,8 @@ from sysadm_dispatch import Dispatcher, make_rest_resource, make_router, make_we
 async def main(reactor, users_file):
     dispatcher = Dispatcher(reactor, queues={"backup_queue": 1})
     dispatcher.startService()
+    # On Ctrl-C or SIGTERM: kill running jobs, and wait for them, before exiting.
+    reactor.addSystemEventTrigger("before", "shutdown", dispatcher.stopService)
     router = make_router(dispatcher, users_file)  # one router: both transports share tokens
     rest = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Site(make_rest_resource(router)))
     ws = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(make_websocket_factory(router))
@@ -32,9 +35,7 @@ async def main(reactor, users_file):
     record = await dispatcher.run("hello-1", ["echo hello", "echo world"], queue="backup_queue")
     print("record", json.dumps(record), flush=True)
 
-    await rest.stopListening()
-    await ws.stopListening()
-    await dispatcher.stopService()  # kills running jobs, fires when they are gone
+    await Deferred()  # serve clients until interrupted
 
 
 if __name__ == "__main__":
