@@ -10,6 +10,7 @@ Lines starting with ``#`` are comments.
 from __future__ import annotations
 
 import base64
+import ctypes
 import hashlib
 import hmac
 import os
@@ -18,7 +19,7 @@ import secrets
 import stat
 import tempfile
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -85,6 +86,28 @@ def verify_password(password: str, encoded: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)
+
+
+def map_big_blocks(threshold: int = 4 << 20) -> None:
+    """
+    With glibc, serve every allocation of ``threshold`` bytes or more by a
+    mapping of its own, given back to the system when freed.  A password
+    check (scrypt) allocates 16 MiB; by default glibc raises its threshold
+    to the size of the first such block freed, serves the next ones from the
+    heap of the thread that asks, and that heap keeps them for good, in each
+    thread that ever checked a password.  (Output buffers, 1 MiB at most,
+    stay below this threshold: mapping them would cost their speed.)
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return  # not glibc
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, threshold)
+    # Fixing one threshold fixes the other at its small default (128 KiB),
+    # and the heap would then shrink and grow again around every 1 MiB read
+    # of output: keep what glibc would have kept.
+    mallopt(m_trim_threshold, 2 * threshold)
 
 
 class UsersFileError(Exception):
@@ -164,12 +187,18 @@ class UsersFileChecker:
     def __init__(self, reactor: Any, path: str, poll_seconds: float = 2.0) -> None:
         self.reactor = reactor
         self.path = path
+        #: Where passwords are checked: a small pool of the server's own
+        #: (set by the server), else the reactor's.
+        self.pool: Any = None
         self.users: dict[str, UserEntry] = {}
         self._stamp: tuple[int, ...] | None = None
         self._poll = LoopingCall(self._check_changed)
         self._poll.clock = reactor
         self._poll_seconds = poll_seconds
         self.changed = 0
+        #: Called with the names of users whose password or role changed, or
+        #: who are gone, each time the file is read again.
+        self.on_users_changed: Callable[[set[str]], None] | None = None
 
     def load(self) -> None:
         """Read the users file now (at startup, before the reactor runs)."""
@@ -210,9 +239,13 @@ class UsersFileChecker:
             log.error("cannot read users file {path}: {error}; keeping the users read before", path=self.path,
                       error=str(e))
         else:
-            self.users = users
+            old, self.users = self.users, users
             self.changed += 1
             log.info("users file {path} changed: {count} users", path=self.path, count=len(users))
+            # A changed entry (password hash or role) or a removed one.
+            changed = {name for name, entry in old.items() if users.get(name) != entry}
+            if changed and self.on_users_changed is not None:
+                self.on_users_changed(changed)
         self._stamp = stamp
 
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
@@ -228,7 +261,9 @@ class UsersFileChecker:
                 return entry.name.encode()
             raise UnauthorizedLogin()
 
-        return self._in_thread(verify_password, password, entry.password_hash).addCallback(checked)
+        pool = self.pool if self.pool is not None else self.reactor.getThreadPool()
+        return deferToThreadPool(self.reactor, pool, verify_password, password, entry.password_hash
+                                 ).addCallback(checked)
 
     def role_of(self, name: str) -> str | None:
         entry = self.users.get(name)
@@ -255,6 +290,17 @@ class Realm:
 
 class LoginFailed(Exception):
     """Bad credentials, or an unknown or expired token."""
+
+
+class LoginBusy(Exception):
+    """Too many logins are being checked at once; this one was not tried."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"the server is checking {self.limit} logins already; try again in a moment"
 
 
 @dataclass
@@ -301,6 +347,11 @@ class TokenStore:
         entry.expires = now + self.ttl
         return entry.user
 
+    def valid(self, token: str) -> bool:
+        """Whether ``token`` would be accepted now (without renewing it)."""
+        entry = self._tokens.get(_token_key(token))
+        return entry is not None and entry.expires > self.reactor.seconds()
+
     def revoke(self, token: str) -> None:
         self._tokens.pop(_token_key(token), None)
 
@@ -333,6 +384,9 @@ class PasswordChecker(Protocol):
 
     def load(self) -> None: ...
 
+    #: Set by the ``Authenticator``: called with the names of users whose
+    #: password or role changed, or who are gone.
+    on_users_changed: Callable[[set[str]], None] | None
     def reload(self) -> Any: ...
 
     def start(self) -> None: ...
@@ -348,9 +402,13 @@ class Authenticator:
     """
 
     def __init__(
-        self, reactor: Any, checker: PasswordChecker, token_ttl: float = 900.0, *, guard: LoginGuard | None = None
+        self, reactor: Any, checker: PasswordChecker, token_ttl: float = 900.0, *, guard: LoginGuard | None = None,
+        max_login_checks: int = 64,
     ) -> None:
         self.reactor = reactor
+        #: Logins under way (waiting for their turn or being checked); more fail at once with ``LoginBusy``.
+        self.max_login_checks = max_login_checks
+        self.login_checks = 0
         self.checker = checker
         self.guard = guard if guard is not None else LoginGuard(reactor)
         realm: Any = Realm(checker.role_of)
@@ -358,9 +416,27 @@ class Authenticator:
         self.tokens = TokenStore(reactor, token_ttl)
         self._cache_key = os.urandom(32)
         self._basic_cache: dict[bytes, tuple[User, float, int]] = {}
+        #: Called with the names of users whose sessions must end now (the
+        #: transports that hold sessions listen here).
+        self.revocation_observers: list[Callable[[set[str]], None]] = []
+        checker.on_users_changed = self.users_changed
         #: Password checks by ``(transport, result)``, result ``ok``, ``failed``
         #: or ``blocked`` (refused: the address is blocked); for the metrics.
         self.logins: Counter[tuple[str, str]] = Counter()
+
+    def users_changed(self, names: set[str]) -> None:
+        """
+        These users' passwords or roles changed, or they are gone: their
+        tokens stop working now, remembered Basic logins are forgotten, and
+        the transports end their live sessions.
+        """
+        for name in names:
+            self.tokens.revoke_user(name)
+        self._basic_cache.clear()
+        log.info("revoked the tokens and sessions of {names}: password or role changed, or removed",
+                 names=", ".join(sorted(names)))
+        for observer in list(self.revocation_observers):
+            observer(names)
 
     def count_login(self, transport: str, result: str) -> None:
         if transport:
@@ -376,8 +452,21 @@ class Authenticator:
         Check a username and password; fires with the ``User`` or fails with
         ``LoginFailed``.  With the client's ``address``, the attempt is
         counted, and fails with ``AddressBlocked`` (before any password is
-        checked) while the address is blocked.
+        checked) while the address is blocked.  Beyond ``max_login_checks``
+        logins under way, it fails at once with ``LoginBusy``: a flood of
+        logins is refused, not queued without bound.
         """
+        if self.max_login_checks and self.login_checks >= self.max_login_checks:
+            return fail(LoginBusy(self.max_login_checks))
+        self.login_checks += 1
+
+        def ended(result: Any) -> Any:
+            self.login_checks -= 1
+            return result
+
+        return self._guarded_login(username, password, address, transport).addBoth(ended)
+
+    def _guarded_login(self, username: str, password: str, address: str | None, transport: str) -> Deferred[User]:
         if address is None:
             return self._login(username, password)
         guard = self.guard
@@ -455,6 +544,11 @@ class Authenticator:
 
     def use_token(self, token: str) -> User:
         user = self.tokens.use(token)
+        refresh = getattr(self.checker, "refresh", None)
+        if refresh is not None:
+            # (System accounts: the user's groups are read again, off this
+            # thread; a changed role ends the user's tokens and sessions.)
+            refresh(user.name)
         role = self.checker.role_of(user.name)
         if role is None:
             # Removed from the users file since the token was issued.

@@ -7,6 +7,7 @@ decide what to answer.  The policy is described in docs/security.rst.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 from collections import deque
 from collections.abc import Callable
@@ -301,3 +302,77 @@ class SessionTimer:
         if not self.authenticated():
             self.stop()
             self.close(CLOSE_POLICY_VIOLATION, f"not authenticated within {self.auth:g} seconds")
+
+
+#: accept() errors that mean "no descriptor (or memory) for a new connection now".
+_STARVED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class _CalmAccept:
+    """
+    A listening socket whose ``accept`` turns running out of descriptors
+    into "nothing to accept" for Twisted's port, which would otherwise log
+    a line and try again at once, thousands of times a second.  Instead the
+    port stops accepting for ``pause`` seconds, and a line is logged at most
+    once per ``report_every`` seconds, with how often it happened since.
+    """
+
+    def __init__(self, sock: Any, port: Any, clock: Any, pause: float, report_every: float) -> None:
+        self._sock = sock
+        self._port = port
+        self._clock = clock
+        self._pause = pause
+        self._report_every = report_every
+        self._paused = False
+        self._unreported = 0
+        self._reported_at: float | None = None
+
+    def accept(self) -> Any:
+        try:
+            return self._sock.accept()
+        except OSError as e:
+            if e.errno not in _STARVED:
+                raise
+            self._starved(e)
+            raise BlockingIOError(errno.EAGAIN, "paused: no descriptors") from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def _starved(self, e: OSError) -> None:
+        self._unreported += 1
+        now = self._clock.seconds()
+        if self._reported_at is None or now - self._reported_at >= self._report_every:
+            log.error(
+                "cannot accept connections on {where}: {reason} ({count} time(s) since the last such line); "
+                "pausing accepts for {pause:g} s at a time; raise the descriptor limit (ulimit -n, "
+                "LimitNOFILE=) or lower the connection limits",
+                where=self._where(), reason=errno.errorcode.get(e.errno or 0, str(e)), count=self._unreported,
+                pause=self._pause,
+            )
+            self._reported_at = now
+            self._unreported = 0
+        if not self._paused:
+            self._paused = True
+            self._port.stopReading()
+            self._clock.callLater(self._pause, self._resume)
+
+    def _where(self) -> str:
+        try:
+            host = self._port.getHost()
+            return f"{host.host}:{host.port}"
+        except Exception:
+            return "a listener"
+
+    def _resume(self) -> None:
+        self._paused = False
+        if getattr(self._port, "connected", False):
+            self._port.startReading()
+
+
+def calm_accept(port: Any, clock: Any, *, pause: float = 0.1, report_every: float = 60.0) -> None:
+    """Make ``port`` (a listening port of Twisted's) pause, not spin, when out of descriptors."""
+    sock = getattr(port, "socket", None)
+    if sock is None or isinstance(sock, _CalmAccept) or not hasattr(sock, "accept"):
+        return
+    port.socket = _CalmAccept(sock, port, clock, pause, report_every)

@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .auth import Authenticator, LoginFailed, User
+from .auth import Authenticator, LoginBusy, LoginFailed, User
 from .dispatcher import Dispatcher, Unavailable
 from .guard import AddressBlocked
 from .history import BadQuery, flat_record, parse_read_logs, read_logs_reply
@@ -453,6 +453,10 @@ class Router:
             user = yield self.auth.login(username, password, session.peer, transport=session.transport)
         except AddressBlocked as e:
             raise RPCError(403, str(e)) from None
+        except LoginBusy as e:
+            log.info("refused a login for {username!r} from {peer}: {why}", username=username[:64],
+                     peer=session.peer, why=str(e))
+            raise RPCError(503, str(e)) from None
         except LoginFailed:
             log.info("failed login for {username!r} from {peer}", username=username[:64], peer=session.peer)
             raise RPCError(401, "bad username or password") from None

@@ -73,8 +73,13 @@ class SystemChecker:
     """
     Checks usernames and passwords with PAM (service ``service``) and
     gives each user the role of the groups they are in.  A user's role is
-    read again at each login; tokens follow the role of the latest login.
+    read again at each login, and in the background when one of its tokens
+    is used (at most every ``refresh_seconds``); a changed role ends the
+    user's tokens and sessions (``on_users_changed``).
     """
+
+    #: At most one background reading of a user's groups per this many seconds.
+    refresh_seconds = 5.0
 
     credentialInterfaces = (cred_credentials.IUsernamePassword,)
 
@@ -93,6 +98,8 @@ class SystemChecker:
         self.read_group = read_group
         self.changed = 0
         self.roles: dict[str, str] = {}
+        self.on_users_changed: Any = None
+        self._refreshed: dict[str, float] = {}
         self.pool = ThreadPool(minthreads=0, maxthreads=threads, name="sysadm-dispatch-pam")
         self._pam: Any = None
 
@@ -143,16 +150,42 @@ class SystemChecker:
             role, why = result
             if role is None:
                 log.info("system login refused for {username!r}: {why}", username=username[:64], why=why)
-                if why.startswith("in neither") and self.roles.pop(username, None) is not None:
-                    self.changed += 1
+                if why.startswith("in neither"):
+                    self._set_role(username, None)
                 raise UnauthorizedLogin()
-            if self.roles.get(username) != role:
-                if username in self.roles:
-                    self.changed += 1
-                self.roles[username] = role
+            self._set_role(username, role)
             return username.encode()
 
         return d.addCallback(checked)
+
+    def _set_role(self, username: str, role: str | None) -> None:
+        old = self.roles.get(username)
+        if old == role:
+            return
+        if role is None:
+            del self.roles[username]
+        else:
+            self.roles[username] = role
+        if old is not None:
+            self.changed += 1
+            if self.on_users_changed is not None:
+                self.on_users_changed({username})
+
+    def refresh(self, username: str) -> None:
+        """Read ``username``'s groups again, in the pool, unless that was done lately."""
+        now = self.reactor.seconds()
+        if now - self._refreshed.get(username, -self.refresh_seconds) < self.refresh_seconds:
+            return
+        if len(self._refreshed) > 10000:
+            self._refreshed.clear()  # a bound; forgetting only allows an early re-read
+        self._refreshed[username] = now
+        d = deferToThreadPool(self.reactor, self.pool, groups_of, username)
+
+        def read(groups: set[str]) -> None:
+            self._set_role(username, role_from_groups(groups, self.full_group, self.read_group))
+
+        d.addCallbacks(read, lambda f: log.failure("reading the groups of {username!r} failed", f,
+                                                    username=username))
 
     def role_of(self, name: str) -> str | None:
         return self.roles.get(name)

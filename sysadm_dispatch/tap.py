@@ -15,11 +15,20 @@ from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
+from twisted.python.threadpool import ThreadPool
 
-from .auth import Authenticator, UsersFileChecker, UsersFileError, check_private, default_state_dir, ensure_users_file
+from .auth import (
+    Authenticator,
+    UsersFileChecker,
+    UsersFileError,
+    check_private,
+    default_state_dir,
+    ensure_users_file,
+    map_big_blocks,
+)
 from .dashboard import DashboardRoot
 from .dispatcher import Dispatcher
-from .guard import LoginGuard
+from .guard import LoginGuard, calm_accept
 from .job import DEFAULT_QUEUES, Limits
 from .metrics import DispatchMetrics
 from .procs import SubreaperService
@@ -111,6 +120,8 @@ class Options(usage.Options):
          _number("max-failed-logins", int, 1, 1_000_000)],
         ["failed-login-window", None, 600.0, "Seconds over which failed logins are counted.",
          _number("failed-login-window", float, 1, 30 * 86400)],
+        ["max-login-checks", None, 64, "Logins checked or waiting at once; more are refused (503) at once "
+         "(0: no limit).", _number("max-login-checks", int, 0, 1_000_000)],
         ["block-seconds", None, 3600.0, "Seconds a blocked address stays blocked.",
          _number("block-seconds", float, 1, 365 * 86400)],
         ["idle-timeout", None, 1800.0, "Seconds without a message before a connection is closed (0: never).",
@@ -124,6 +135,12 @@ class Options(usage.Options):
         ["max-chain", None, 256, "Commands in one job's chain.", _number("max-chain", int, 1, 1_000_000)],
         ["max-connections-per-address", None, 2000, "WebSocket connections from one client address (0: no limit).",
          _number("max-connections-per-address", int, 0, 100_000_000)],
+        ["max-rest-connections-per-address", None, 256, "REST connections from one client address (0: no limit; "
+         "not applied with --trust-proxy).", _number("max-rest-connections-per-address", int, 0, 100_000_000)],
+        ["max-rest-connections", None, 4096, "REST connections in all (0: no limit).",
+         _number("max-rest-connections", int, 0, 100_000_000)],
+        ["request-timeout", None, 30.0, "Seconds a REST connection may take to send a complete request (0: no limit).",
+         _number("request-timeout", float, 0, 86400)],
         ["max-json-depth", None, 32, "Nesting depth of a request's JSON.", _number("max-json-depth", int, 8, 512)],
         ["max-string-chars", None, 65536, "Length of any one string in a request.",
          _number("max-string-chars", int, 64, 1 << 30)],
@@ -135,6 +152,9 @@ class Options(usage.Options):
          _number("token-ttl", float, 1, 30 * 86400)],
         ["max-message-bytes", None, 1 << 20, "Largest request accepted, in bytes.",
          _number("max-message-bytes", int, 256, 1 << 30)],
+        ["max-unauthenticated-bytes", None, 64 << 10, "Largest WebSocket message before login, or REST body "
+         "without valid credentials, in bytes.",
+         _number("max-unauthenticated-bytes", int, 256, 1 << 30)],
         ["log-cap-bytes", None, 1 << 20, "Output kept per command, in bytes.",
          _number("log-cap-bytes", int, 64, 1 << 30)],
         ["history-days", None, 30, "Finished jobs are kept in the history for this many days.",
@@ -145,6 +165,8 @@ class Options(usage.Options):
          _number("update-interval", float, 0.01, 3600)],
         ["event-backlog-bytes", None, 4 << 20, "Bytes that may wait for a slow WebSocket client before it is "
          "disconnected.", _number("event-backlog-bytes", int, 65536, 1 << 30)],
+        ["event-backlog-seconds", None, 5.0, "Seconds the bytes waiting for a WebSocket client may stay above "
+         "--event-backlog-bytes before it is disconnected.", _number("event-backlog-seconds", float, 0.1, 3600)],
         ["metrics", None, None, "Prometheus metrics endpoint, e.g. tcp:9150:interface=127.0.0.1 (no login: bind it "
          "where only the monitoring reaches it) [default: off]."],
         ["log-format", None, "text", "Log as text or json (one JSON object a line, with each event's fields).",
@@ -183,9 +205,14 @@ class Options(usage.Options):
                 self[name] = tls_endpoint(self[name], os.path.abspath(self["tls-cert"]), os.path.abspath(key))
 
 
-def _endpoint(reactor: Any, option: str, spec: str) -> Any:
+def _endpoint(reactor: Any, option: str, spec: str, tls_option: bool = False) -> Any:
     try:
         return serverFromString(reactor, spec)
+    except ImportError as e:
+        # TLS is a normal dependency; a broken install still gets its fix named.
+        which = "--tls-cert" if tls_option else f"--{option} {spec!r}"
+        raise SystemExit(f"sysadm-dispatch: {which} needs the {e.name or 'missing'} module ({e}): "
+                         "install it with pip install 'twisted[tls]' in the server's environment") from None
     except Exception as e:  # any reason (an unreadable TLS key, say) is reported in one line
         raise SystemExit(f"sysadm-dispatch: --{option} {spec!r}: {e or type(e).__name__}") from None
 
@@ -226,35 +253,62 @@ class _GuardService(Service):
         return super().stopService()
 
 
+#: Threads that check passwords (scrypt, about 16 MiB and 65 ms each): few, so
+#: that logins cannot take every core and leave few allocator arenas behind.
+PASSWORD_THREADS = 2
+
+
 class _UsersService(Service):
     def __init__(self, checker: UsersFileChecker | SystemChecker) -> None:
         self.checker = checker
+        self.pool: ThreadPool | None = None
+        if isinstance(checker, UsersFileChecker):
+            map_big_blocks()
+            self.pool = checker.pool = ThreadPool(minthreads=0, maxthreads=PASSWORD_THREADS,
+                                                  name="sysadm-dispatch-passwords")
 
     def startService(self) -> None:
         super().startService()
+        if self.pool is not None:
+            self.pool.start()
         self.checker.start()
 
     def stopService(self) -> None:
         self.checker.stop()
+        if self.pool is not None:
+            self.pool.stop()
         return super().stopService()
 
 
 class ListenerService(StreamServerEndpointService):
     """A listener whose bound port can be asked for (useful with port 0)."""
 
-    def __init__(self, name: str, endpoint: Any, factory: Any) -> None:
+    def __init__(self, name: str, endpoint: Any, factory: Any, spec: str = "", clock: Any = None) -> None:
         super().__init__(endpoint, factory)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
         self.setName(name)
+        self.spec = spec
         self._listening: list[Deferred[Any]] = []
         self.port: Any = None
 
     def privilegedStartService(self) -> None:
-        super().privilegedStartService()
+        # A listener that cannot bind stops the server at start, in one line:
+        # a server listening on nothing would look up to a service manager.
+        self._raiseSynchronously = True
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            reason = getattr(e, "socketError", None) or e
+            where = f"--{self.name} {self.spec!r}" if self.spec else f"the {self.name} listener"
+            raise SystemExit(f"sysadm-dispatch: {where}: cannot listen: {reason}") from None
         assert self._waitingForPort is not None
         self._waitingForPort.addCallback(self._bound)
 
     def _bound(self, port: Any) -> Any:
         self.port = port
+        calm_accept(port, self.clock)
         for d in self._listening:
             d.callback(port)
         self._listening.clear()
@@ -318,7 +372,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     except (OSError, UsersFileError, SystemAuthError) as e:
         # Reported like a bad option: one line, no traceback.
         raise SystemExit(f"sysadm-dispatch: cannot prepare the state directory or users file: {e}") from None
-    endpoints = {name: _endpoint(reactor, name, options[name])
+    endpoints = {name: _endpoint(reactor, name, options[name], bool(options["tls-cert"]))
                  for name in ("ws", "rest", "metrics") if options[name]}
     store = open_store(options, reactor)
     # Before the dispatcher copies the environment for its jobs.
@@ -351,25 +405,32 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     guard = LoginGuard(reactor, max_failures=options["max-failed-logins"], window=options["failed-login-window"],
                        block_seconds=options["block-seconds"])
     _GuardService(guard).setServiceParent(top)
-    auth = Authenticator(reactor, checker, token_ttl=options["token-ttl"], guard=guard)
+    auth = Authenticator(reactor, checker, token_ttl=options["token-ttl"], guard=guard,
+                         max_login_checks=options["max-login-checks"])
     router = Router(dispatcher, auth, max_message_bytes=options["max-message-bytes"],
                     max_depth=options["max-json-depth"], max_string_chars=options["max-string-chars"])
 
-    ws = make_websocket_factory(router, max_backlog_bytes=options["event-backlog-bytes"])
+    ws = make_websocket_factory(router, max_backlog_bytes=options["event-backlog-bytes"],
+                                backlog_grace=options["event-backlog-seconds"])
     ws.guard_connections(idle_timeout=options["idle-timeout"], auth_timeout=options["auth-timeout"],
                          max_connections_per_address=options["max-connections-per-address"],
-                         trust_proxy=options["trust-proxy"])
-    ListenerService("ws", endpoints["ws"], ws).setServiceParent(top)
-    rest = RestAPI(router, trust_proxy=options["trust-proxy"]).site(
-        timeout=options["idle-timeout"] or None, access_log=bool(options["access-log"])
+                         trust_proxy=options["trust-proxy"],
+                         max_unauthenticated_bytes=options["max-unauthenticated-bytes"])
+    ListenerService("ws", endpoints["ws"], ws, options["ws"], reactor).setServiceParent(top)
+    rest = RestAPI(router, trust_proxy=options["trust-proxy"],
+                   max_unauthenticated_bytes=options["max-unauthenticated-bytes"]).site(
+        timeout=options["idle-timeout"] or None, access_log=bool(options["access-log"]),
+        max_connections_per_address=options["max-rest-connections-per-address"],
+        max_connections=options["max-rest-connections"], request_timeout=options["request-timeout"],
     )
     if not options["no-dashboard"]:
         # The page, its assets and /ws beside the API (docs/dashboard.rst).
         rest.resource = DashboardRoot(rest.resource, ws)
-    ListenerService("rest", endpoints["rest"], rest).setServiceParent(top)
+    ListenerService("rest", endpoints["rest"], rest, options["rest"], reactor).setServiceParent(top)
     if "metrics" in endpoints:
         metrics = DispatchMetrics(dispatcher, auth=auth, websocket=ws, store=store)
-        ListenerService("metrics", endpoints["metrics"], metrics.site()).setServiceParent(top)
+        ListenerService("metrics", endpoints["metrics"], metrics.site(), options["metrics"], reactor
+                        ).setServiceParent(top)
     if server_log is not None:
         rotate = server_log.logfile.rotate if server_log.logfile is not None else None
         ReloadService(reactor, checker.reload, server_log.reopen, rotate).setServiceParent(top)

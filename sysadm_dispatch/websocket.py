@@ -26,6 +26,8 @@ log = Logger()
 CLOSE_POLICY_VIOLATION = 1008
 #: Requests that may wait behind a login on one connection.
 MAX_HELD = 1000
+#: Bytes of an opening handshake (its HTTP request) held before it is refused.
+MAX_HANDSHAKE_BYTES = 64 << 10
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -50,22 +52,39 @@ def _encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+#: Past this many times the backlog limit, a client that has taken nothing for
+#: ``STALLED_SECONDS`` is dropped at once: memory's bound against one that does not read.
+HARD_BACKLOG_FACTOR = 16
+STALLED_SECONDS = 1.0
+
+
 @implementer(IPushProducer)
 class _Outbox:
     """
     What waits to be written to one client.  The transport pauses it when
-    its own buffer is full (the client is not reading fast enough); from
-    then on messages queue here, up to ``limit`` bytes, past which the
-    connection is given up: a slow client must not hold server memory.
+    its own buffer is full; from then on messages queue here.
+
+    Slowness is judged over time, not by one burst: a client is given up
+    only when what waits for it has stayed above ``limit`` bytes for
+    ``grace`` seconds on end (it is not reading, or reads slower than its
+    events come), or at once past ``HARD_BACKLOG_FACTOR`` times ``limit``
+    if it has taken nothing for ``STALLED_SECONDS`` (so a client that does
+    not read cannot hold more memory than that).  A client that reads as
+    fast as it can drains any burst well within ``grace`` and is never
+    dropped, however big one burst is.
     """
 
-    def __init__(self, protocol: DispatchServerProtocol, limit: int) -> None:
+    def __init__(self, protocol: DispatchServerProtocol, limit: int, grace: float, clock: Any) -> None:
         self.protocol = protocol
         self.limit = limit
+        self.grace = grace
+        self.clock = clock
         self.paused = False
         self.queue: deque[bytes] = deque()
         self.size = 0
         self.overflowed = False
+        self._over_since: Any = None  # the call that drops the client if it stays over the limit
+        self._drained_at = clock.seconds()
 
     def send(self, frame: bytes) -> None:
         """``frame``: a whole WebSocket frame, ready for the wire."""
@@ -76,25 +95,47 @@ class _Outbox:
             return
         self.queue.append(frame)
         self.size += len(frame)
+        if self.size > self.limit * HARD_BACKLOG_FACTOR and self.clock.seconds() - self._drained_at >= STALLED_SECONDS:
+            self._give_up(f"more than {self.limit * HARD_BACKLOG_FACTOR} bytes waiting for it, and nothing taken "
+                          f"for {STALLED_SECONDS:g} s")
+        elif self.size > self.limit and self._over_since is None:
+            self._over_since = self.clock.callLater(self.grace, self._still_over)
+
+    def _still_over(self) -> None:
+        self._over_since = None
         if self.size > self.limit:
-            self.overflowed = True
-            self.queue.clear()
-            self.size = 0
-            self.protocol.too_slow(self.limit)
+            self._give_up(f"more than {self.limit} bytes waiting for it for {self.grace:g} s")
+
+    def _give_up(self, why: str) -> None:
+        self.overflowed = True
+        self._clear()
+        self.protocol.too_slow(why)
+
+    def _clear(self) -> None:
+        self.queue.clear()
+        self.size = 0
+        if self._over_since is not None:
+            if self._over_since.active():
+                self._over_since.cancel()
+            self._over_since = None
 
     def pauseProducing(self) -> None:
         self.paused = True
 
     def resumeProducing(self) -> None:
         self.paused = False
+        self._drained_at = self.clock.seconds()
         while self.queue and not self.paused:
             frame = self.queue.popleft()
             self.size -= len(frame)
             self.protocol.write_out(frame)
+        if self.size <= self.limit and self._over_since is not None:
+            if self._over_since.active():
+                self._over_since.cancel()
+            self._over_since = None
 
     def stopProducing(self) -> None:
-        self.queue.clear()
-        self.size = 0
+        self._clear()
 
 
 class _Slot:
@@ -116,6 +157,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         self.session = Session(peer="")
         self._replies: deque[_Slot] = deque()
         self._held: deque[bytes] | None = None
+        self._held_bytes = 0
         self._subscriptions: dict[str, Subscription] = {}
         self._size = 0
         self._too_big = False
@@ -152,9 +194,11 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         log.debug("websocket connection from {peer}", peer=self.session.peer)
-        self.outbox = _Outbox(self, self.factory.max_backlog_bytes)
+        self.outbox = _Outbox(self, self.factory.max_backlog_bytes, self.factory.backlog_grace,
+                              self.factory.router.dispatcher.reactor)
         self.registerProducer(self.outbox, True)
         factory = self.factory
+        factory.open_protocols.add(self)
         self._timer = SessionTimer(
             factory.router.dispatcher.reactor, idle=factory.idle_timeout, auth=factory.auth_timeout,
             authenticated=lambda: self.session.user is not None, close=self._timed_out,
@@ -176,6 +220,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         super().onPing(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.open_protocols.discard(self)
         if self._timer is not None:
             self._timer.stop()
         if self._counted:
@@ -197,9 +242,27 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         self._size = 0
         self._too_big = False
 
+    def _dataReceived(self, data: bytes) -> None:
+        if self.state == self.STATE_CONNECTING and len(self.data) + len(data) > MAX_HANDSHAKE_BYTES:
+            # An opening handshake that never ends must not grow without bound.
+            transport: Any = self.transport
+            log.info("dropping a connection from {peer}: its handshake passed {limit} bytes",
+                     peer=peer_host(transport.getPeer()), limit=MAX_HANDSHAKE_BYTES)
+            self.data = b""
+            transport.abortConnection()
+            return
+        super()._dataReceived(data)
+
+    def _message_limit(self) -> int:
+        """The largest message accepted now: small until the connection has logged in."""
+        limit = self.factory.router.max_message_bytes
+        if self.session.user is None:
+            return min(limit, self.factory.max_unauthenticated_bytes)
+        return limit
+
     def onMessageFrameData(self, payload: bytes) -> None:
         self._size += len(payload)
-        if self._too_big or self._size > self.factory.router.max_message_bytes:
+        if self._too_big or self._size > self._message_limit():
             self._too_big = True
             self.frame_data = []
             self.message_data = []
@@ -221,18 +284,21 @@ class DispatchServerProtocol(WebSocketServerProtocol):
             self.onMessage(payload, self.message_is_binary)
             return
         self.message_data = None  # type: ignore[assignment]
-        limit = self.factory.router.max_message_bytes
-        e = RPCError(413, f"the message is at least {self._size} bytes, more than the limit of {limit}")
+        limit = self._message_limit()
+        before_login = " before login" if limit < self.factory.router.max_message_bytes else ""
+        e = RPCError(413, f"the message is at least {self._size} bytes, more than the limit of {limit}{before_login}")
         self._reply_when(_fired(error_reply("rpc", "", e)))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._held is not None:
             # A login is under way: what follows it waits, to run as its user.
-            if len(self._held) >= MAX_HELD:
-                e = RPCError(503, f"more than {MAX_HELD} requests are waiting for a login to finish")
+            if len(self._held) >= MAX_HELD or self._held_bytes + len(payload) > self.factory.max_unauthenticated_bytes:
+                e = RPCError(503, f"more than {MAX_HELD} requests or {self.factory.max_unauthenticated_bytes} bytes "
+                             "are waiting for a login to finish")
                 self._reply_when(_fired(error_reply("rpc", "", e)))
             else:
                 self._held.append(payload)
+                self._held_bytes += len(payload)
             return
         d = self.factory.router.handle_bytes(self.session, payload)
         self._reply_when(d)
@@ -242,6 +308,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
     def _release_held(self, result: object) -> object:
         held, self._held = self._held, None
+        self._held_bytes = 0
         while held:
             self.onMessage(held.popleft(), False)
             if self._held is not None:
@@ -310,11 +377,24 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         else:
             self.sendData(frame)
 
-    def too_slow(self, limit: int) -> None:
+    def revoked(self) -> None:
+        """Its user's password or role changed, or the user is gone: the session ends now."""
+        name = self.session.user.name if self.session.user is not None else ""
+        log.info("ended the session of {username} from {peer}: password or role changed, or user removed",
+                 username=name, peer=self.session.peer)
+        for subscription in self._subscriptions.values():
+            subscription.cancel()
+        self._subscriptions.clear()
+        self.session.user = None
+        self.session.token = None
+        e = RPCError(401, f"the session of user {name!r} has ended: its password or role changed, or the user "
+                          "was removed; log in again")
+        self._reply_when(_fired(error_reply("rpc", "", e)))
+
+    def too_slow(self, why: str) -> None:
         log.warn(
-            "closing websocket connection from {peer}: more than {limit} bytes waiting for it; "
-            "the client is not reading fast enough",
-            peer=self.session.peer, limit=limit,
+            "closing websocket connection from {peer}: {why}; the client is not reading fast enough",
+            peer=self.session.peer, why=why,
         )
         self.factory.dropped["slow_consumer"] += 1
         for subscription in self._subscriptions.values():
@@ -335,6 +415,10 @@ class DispatchServerFactory(WebSocketServerFactory):
     auth_timeout = 30.0
     #: Believe X-Forwarded-For (its last entry) for the client's address.
     trust_proxy = False
+    #: Largest message accepted before the connection has logged in.
+    max_unauthenticated_bytes = 64 << 10
+    #: Seconds the backlog of a client may stay above ``max_backlog_bytes`` before it is dropped.
+    backlog_grace = 5.0
     _connections: ConnectionCounter | None = None
 
     @property
@@ -351,21 +435,28 @@ class DispatchServerFactory(WebSocketServerFactory):
         auth_timeout: float = 30.0,
         max_connections_per_address: int = 2000,
         trust_proxy: bool = False,
+        max_unauthenticated_bytes: int = 64 << 10,
     ) -> None:
         """Set the per-connection limits (see docs/security.rst)."""
+        self.max_unauthenticated_bytes = max_unauthenticated_bytes
         self.idle_timeout = idle_timeout
         self.auth_timeout = auth_timeout
         self.trust_proxy = trust_proxy
         self._connections = ConnectionCounter(max_connections_per_address)
 
     def __init__(
-        self, router: Router, events: EventHub, url: str | None = None, *, max_backlog_bytes: int = 4 << 20
+        self, router: Router, events: EventHub, url: str | None = None, *, max_backlog_bytes: int = 4 << 20,
+        backlog_grace: float = 5.0,
     ) -> None:
         super().__init__(url)
         self.router = router
         self.events = events
-        #: Bytes that may wait for one slow client before it is disconnected.
+        #: Open connections, to end the sessions of users whose password or role changed.
+        self.open_protocols: set[DispatchServerProtocol] = set()
+        router.auth.revocation_observers.append(self._users_changed)
+        #: Bytes that may wait for one slow client (for ``backlog_grace`` seconds) before it is disconnected.
         self.max_backlog_bytes = max_backlog_bytes
+        self.backlog_grace = backlog_grace
         #: Connections closed by the server, by reason: ``slow_consumer``,
         #: ``idle``, ``auth_timeout`` (for the metrics).
         self.dropped: Counter[str] = Counter()
@@ -376,9 +467,19 @@ class DispatchServerFactory(WebSocketServerFactory):
         )
 
 
-def make_websocket_factory(router: Router, *, max_backlog_bytes: int = 4 << 20) -> DispatchServerFactory:
+    def _users_changed(self, names: set[str]) -> None:
+        for protocol in list(self.open_protocols):
+            user = protocol.session.user
+            if user is not None and user.name in names:
+                protocol.revoked()
+
+
+def make_websocket_factory(
+    router: Router, *, max_backlog_bytes: int = 4 << 20, backlog_grace: float = 5.0
+) -> DispatchServerFactory:
     """The WebSocket server factory, to listen with on any stream endpoint."""
-    return DispatchServerFactory(router, router.dispatcher.events, max_backlog_bytes=max_backlog_bytes)
+    return DispatchServerFactory(router, router.dispatcher.events, max_backlog_bytes=max_backlog_bytes,
+                                 backlog_grace=backlog_grace)
 
 
 def _fired(value: Any) -> Deferred[Any]:

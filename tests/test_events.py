@@ -5,6 +5,7 @@ streamed output, fan-out, and slow clients.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -422,3 +423,109 @@ def test_a_big_run_starts_a_slice_per_reactor_turn_and_a_waiting_job_can_be_kill
     assert not clock.getDelayedCalls()
     assert (ids[-1], "running") not in states and states.count((ids[-1], "finished")) == 1
     assert [s for s in states if s[1] == "running"] == [(i, "running") for i in ids[:-1]]
+
+
+class _Reader(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ready: Deferred[None] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if b"ready\n" in self.output and not self.ready.called:
+            self.ready.callback(None)
+
+    def errReceived(self, data: bytes) -> None:
+        self.output += data
+
+    def processEnded(self, reason: Any) -> None:
+        if not self.ready.called:
+            self.ready.errback(AssertionError(self.output.decode(errors="replace")))
+        self.ended.callback(None)
+
+
+@ensure
+async def test_a_client_that_reads_fast_is_never_dropped(make_server) -> None:
+    # Six jobs stream about 8 MB each at once, on the default update interval
+    # and backlog limit: one turn's batch of running updates is far over the
+    # limit, yet a client that reads as fast as it can gets everything.
+    server = await make_server("--log-cap-bytes", str(64 << 20))
+    admin = await server.ws()
+    token = (await admin.call("auth", {"username": "admin", "password": server.admin_password}))["args"][0]
+    reader = _Reader()
+    reactor.spawnProcess(reader, PYTHON, [PYTHON, os.path.join(HERE, "helpers", "fast_reader.py"),
+                                          str(server.ws_port), token, "6"], env=os.environ)
+    await with_timeout(reader.ready)
+    flood = ("python3 -c \"import sys\nfor i in range(80): sys.stdout.write('x' * 100000 + chr(10)); "
+             "sys.stdout.flush()\"")
+    ids = await server.run({"jobs": [{"id": f"big-{n}", "commands": flood} for n in range(6)]})
+    for job_id in ids:
+        record = await server.wait_finished(job_id)
+        assert record["success"] == "true"
+    await with_timeout(reader.ended, 120)
+    result = json.loads(reader.output.decode().strip().splitlines()[-1])
+    assert result["close"] is None, result
+    assert result["finished"] == sorted(ids)
+    assert result["bytes"] > 6 * 8_000_000
+
+
+class _Wire:
+    """Stands in for the protocol under an outbox: what was written, and whether it gave up."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.gave_up: list[str] = []
+        self.outbox: Any = None
+        #: Frames the transport takes before it is full (None: any number).
+        self.room: int | None = None
+
+    def write_out(self, frame: bytes) -> None:
+        self.written += len(frame)
+        if self.room is not None:
+            self.room -= 1
+            if self.room <= 0:
+                self.outbox.pauseProducing()
+
+    def too_slow(self, why: str) -> None:
+        self.gave_up.append(why)
+
+
+def test_outbox_judges_slowness_over_time() -> None:
+    from sysadm_dispatch.websocket import _Outbox
+
+    clock, wire = Clock(), _Wire()
+    outbox = wire.outbox = _Outbox(wire, 1000, 5.0, clock)  # type: ignore[arg-type]
+    # One burst far over the limit, drained within the grace: kept.
+    outbox.pauseProducing()
+    outbox.send(b"x" * 10_000)
+    clock.advance(4.9)
+    outbox.resumeProducing()
+    assert wire.written == 10_000 and not wire.gave_up
+    clock.advance(10)
+    assert not wire.gave_up
+    # Over the limit and staying there (drained only a little): dropped after the grace.
+    outbox.pauseProducing()
+    for _ in range(3):
+        outbox.send(b"y" * 800)
+    wire.room = 1
+    outbox.resumeProducing()  # takes one frame, then the transport is full again
+    assert outbox.size == 1600
+    clock.advance(4.9)
+    assert not wire.gave_up
+    outbox.send(b"z" * 100)
+    clock.advance(0.2)
+    assert wire.gave_up and "for 5 s" in wire.gave_up[0]
+
+
+def test_outbox_drops_a_stalled_client_past_the_hard_bound() -> None:
+    from sysadm_dispatch.websocket import HARD_BACKLOG_FACTOR, _Outbox
+
+    clock, wire = Clock(), _Wire()
+    outbox = _Outbox(wire, 1000, 5.0, clock)  # type: ignore[arg-type]
+    outbox.pauseProducing()
+    outbox.send(b"x" * (1000 * HARD_BACKLOG_FACTOR + 1))  # one huge burst: not judged yet
+    assert not wire.gave_up
+    clock.advance(1.0)
+    outbox.send(b"x")  # more, and nothing taken for a second
+    assert wire.gave_up and "nothing taken" in wire.gave_up[0]

@@ -238,3 +238,37 @@ async def test_leaving_the_group_ends_access(accounts: Accounts, tmp_path: Any, 
         assert (await client.call("dispatcher", {"action": "list"}))["args"]["code"] == 401
     finally:
         run_root("gpasswd", "-a", name, accounts.read_group)
+
+
+@needs_pam
+@ensure
+async def test_a_role_change_is_noticed_at_the_next_token_use(
+    accounts: Accounts, tmp_path: Any, stop_later: list[Server]
+) -> None:
+    # A full user moved to the read group: the next use of a token reads the
+    # groups again (in the background), and the user's tokens and sessions end.
+    from conftest import poll, with_timeout
+
+    server = await system_server(tmp_path, accounts)
+    stop_later.append(server)
+    name, password = accounts.full, accounts.passwords[accounts.full]
+    client = await server.ws(login=(name, password))
+    assert (await client.call("subscribe", ["dispatcher"], namespace="events"))["name"] == "response"
+    token = (await client.login(name, password))["args"][0]
+    run_root("gpasswd", "-d", name, accounts.full_group)
+    run_root("gpasswd", "-a", name, accounts.read_group)
+    try:
+        server.router.auth.checker._refreshed.clear()  # not "read lately": the next use reads
+        other = await server.ws(login=None)
+        await other.call("auth_token", {"token": token})
+        message = await with_timeout(client.unmatched.get(), 20)
+        assert message["name"] == "error" and message["args"]["code"] == 401, message
+        assert (await other.call("dispatcher", {"action": "list"}))["args"]["code"] == 401
+        await poll(lambda: server.router.auth.checker.role_of(name) == READ, 20)
+        # Logging in again gives the new role.
+        assert (await other.login(name, password))["name"] == "response"
+        reply = await other.call("dispatcher", {"action": "run", "nope": "true"})
+        assert reply["args"]["code"] == 403
+    finally:
+        run_root("gpasswd", "-d", name, accounts.read_group)
+        run_root("gpasswd", "-a", name, accounts.full_group)

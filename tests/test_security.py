@@ -797,3 +797,66 @@ async def test_passwords_and_tokens_never_logged_or_echoed(server: Server) -> No
     for secret in (wrong, right, token, ws_token, base64.b64encode(f"admin:{right}".encode()).decode()):
         assert secret not in text
         assert all(secret not in reply for reply in seen)
+
+
+@ensure
+async def test_rest_bodies_without_credentials_are_small_and_with_them_full_size(make_server: Any) -> None:
+    server = await make_server()
+    # A public request (a login) may carry only a small body: 413 from its headers.
+    status, body, _ = await server.rest({"username": "admin", "password": "x" * 100}, path="/rpc/auth", auth=None,
+                                        raw=json.dumps({"username": "admin", "pad": ["p" * 60000] * 2}).encode())
+    assert status == 413 and "without valid credentials" in body["args"]["detail"], body
+    # A good Basic login not seen before (checked while the body waits) and
+    # a body of 500 kB: served in full.
+    server.add_user("erin", "full", "erin-password")
+    big = {"action": "list", "pad": ["q" * 50000] * 10}
+    status, body, _ = await server.rest(big, auth=("erin", "erin-password"))
+    assert status == 200, body
+    # The same with a token.
+    status, body, _ = await server.rest({"username": "erin", "password": "erin-password"}, path="/rpc/auth",
+                                        auth=None)
+    token = body["args"][0]
+    status, body, _ = await server.rest(big, auth=None, headers={"Authorization": f"Bearer {token}"})
+    assert status == 200, body
+
+
+@ensure
+async def test_websocket_mounted_on_the_rest_site_is_not_counted_as_rest(make_server: Any) -> None:
+    # The WebSocket factory served at /ws of the REST site (Autobahn's
+    # WebSocketResource): an upgraded connection leaves the REST count, so
+    # many of them do not lock REST clients out.
+    from autobahn.twisted.resource import WebSocketResource
+    from autobahn.twisted.websocket import WebSocketClientFactory
+    from conftest import WSClient, _ClientProtocol
+    from twisted.internet.endpoints import serverFromString
+    from twisted.web.resource import Resource
+
+    from sysadm_dispatch.rest import RestAPI
+    from sysadm_dispatch.websocket import make_websocket_factory
+
+    server = await make_server()
+    api = RestAPI(server.router)
+    site = api.site(max_connections_per_address=3, request_timeout=30)
+    root = Resource()
+    root.putChild(b"rpc", api.resource())
+    ws = make_websocket_factory(server.router)
+    root.putChild(b"ws", WebSocketResource(ws))
+    site.resource = root
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
+    clients = []
+    try:
+        for _ in range(5):
+            client = WSClient()
+            factory = WebSocketClientFactory(f"ws://127.0.0.1:{port.getHost().port}/ws")
+            factory.protocol = _ClientProtocol
+            factory.opened = Deferred()
+            factory.client = client
+            await with_timeout(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(factory))
+            client.protocol = await with_timeout(factory.opened)
+            clients.append(client)
+            assert (await client.login("admin", server.admin_password))["name"] == "response"
+        assert site.total == 0
+    finally:
+        for client in clients:
+            await client.close()
+        await port.stopListening()

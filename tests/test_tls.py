@@ -16,6 +16,10 @@ import pytest
 import pytest_twisted
 import treq
 from conftest import with_timeout
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from security_helpers import Refused, ws_connect
 from twisted.internet import reactor
 from twisted.internet.ssl import Certificate, optionsForClientTLS
@@ -28,13 +32,6 @@ from twisted.web.client import (
 )
 
 from sysadm_dispatch import tap
-
-x509 = pytest.importorskip("cryptography.x509", reason="TLS needs the tls extra (twisted[tls])")
-pytest.importorskip("OpenSSL", reason="TLS needs the tls extra (twisted[tls])")
-
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
 
 ensure = pytest_twisted.ensureDeferred
 
@@ -150,3 +147,34 @@ def test_missing_key_file_is_a_one_line_error(tmp_path: Any) -> None:
         tap.makeService(options, reactor)
     message = str(info.value.code)
     assert message.startswith("sysadm-dispatch: --ws ") and "missing.key" in message and "\n" not in message
+
+
+def test_tls_is_a_normal_dependency() -> None:
+    # twisted[tls] without an extra's marker: a plain install can serve TLS.
+    from importlib.metadata import requires
+
+    plain = [r for r in requires("sysadm-dispatch") or [] if "extra ==" not in r]
+    assert any(r.replace(" ", "").startswith("twisted[tls]") for r in plain), plain
+
+
+@ensure
+async def test_missing_tls_module_names_the_option_and_the_fix(tmp_path: Any) -> None:
+    # A broken environment (pyOpenSSL gone): the real twistd stops with one
+    # line naming --tls-cert and how to install what is missing.
+    from conftest import PYTHON, python_env
+    from twistd_helpers import TwistdOutput, free_port
+
+    cert, key, _ = make_certificate(str(tmp_path))
+    script = ("import sys; sys.modules['OpenSSL'] = None; from twisted.scripts.twistd import run; "
+              "sys.argv[0] = 'twistd'; run()")
+    args = [PYTHON, "-c", script, "-n", "--pidfile=", "sysadm-dispatch", "--state-dir", str(tmp_path / "state"),
+            "--tls-cert", cert, "--tls-key", key, "--ws", f"tcp:{free_port()}:interface=127.0.0.1",
+            "--rest", f"tcp:{free_port()}:interface=127.0.0.1"]
+    proto = TwistdOutput()
+    reactor.spawnProcess(proto, PYTHON, args, env=python_env(), path=str(tmp_path))
+    status = await with_timeout(proto.ended, 60)
+    out = proto.output.decode()
+    assert status.exitCode != 0, out
+    assert "Traceback" not in out, out
+    last = out.strip().splitlines()[-1]
+    assert "--tls-cert" in last and "OpenSSL" in last and "pip install 'twisted[tls]'" in last, out

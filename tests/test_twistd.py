@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
 from conftest import WSClient, pid_alive, poll, python_env, with_timeout
@@ -98,3 +100,33 @@ async def test_unusable_state_dir_is_a_clear_error(tmp_path: Any) -> None:
     out = proto.output.decode()
     assert "cannot prepare the state directory" in out and "Traceback" not in out
     del process
+
+
+@pytest.mark.parametrize("held", ["ws", "rest"])
+@ensure
+async def test_a_port_in_use_stops_the_server_with_one_line(tmp_path: Any, held: str) -> None:
+    # A listener that cannot bind: exit non-zero at start, naming the
+    # endpoint and the reason, rather than running while listening on nothing.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    try:
+        ports = {"ws": free_port(), "rest": free_port()}
+        ports[held] = holder.getsockname()[1]
+        specs = {name: f"tcp:{port}:interface=127.0.0.1" for name, port in ports.items()}
+        process, proto = spawn_twistd(["sysadm-dispatch", "--state-dir", str(tmp_path / "state"),
+                                       "--ws", specs["ws"], "--rest", specs["rest"]], python_env(), str(tmp_path))
+        try:
+            status = await with_timeout(proto.ended, 60)
+        finally:
+            # (A timeout cancels proto.ended, so ensure_stopped would think it over.)
+            if process.pid is not None:
+                process.signalProcess("KILL")
+    finally:
+        holder.close()
+    out = proto.output.decode()
+    assert status.exitCode not in (0, None), out
+    assert "Traceback" not in out, out
+    errors = [line for line in out.splitlines() if "cannot listen" in line]
+    assert len(errors) == 1, out
+    assert f"--{held} {specs[held]!r}" in errors[0] and "Address already in use" in errors[0], out
