@@ -9,6 +9,7 @@ the router restart comes last.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -17,8 +18,9 @@ import pytest
 import pytest_twisted
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import PublishOptions, SubscribeOptions
+from client_helpers import client, client_env
 from conftest import WSClient, deferLater, poll, with_timeout
-from fleet_helpers import CONTRIB, Host, Router, call, crossbar_program, join, wait_registered
+from fleet_helpers import CONTRIB, PRINCIPALS, Host, Router, call, crossbar_program, join, wait_registered
 from twisted.internet import reactor
 
 ensure = pytest_twisted.ensureDeferred
@@ -203,6 +205,50 @@ def test_the_authorizer_confines_hosts_to_their_own_name() -> None:
     assert not allow(operator, "sysadm.web1.events", "publish")
     assert not allow(operator, "wamp.session.kill", "call")
     assert not allow({"authid": "x", "authrole": "anonymous"}, "sysadm.web1.rpc", "call")
+
+
+@ensure
+async def test_cli_reaches_every_host(fleet: Fleet, tmp_path: Any) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    ticket = tmp_path / "op-ticket"
+    ticket.write_text(PRINCIPALS["op"]["ticket"] + "\n")
+    env = client_env(str(home), SYSADM_DISPATCH_ROUTER=fleet.router.url, SYSADM_DISPATCH_ROUTER_USER="op")
+    op = await join(fleet.router, "op")
+    try:
+        for name in HOSTS:
+            await wait_registered(op, name)
+    finally:
+        await op.close()
+    hosts = await client(["hosts", "--json", "--router-ticket-file", str(ticket)], env)
+    assert hosts.exit_code == 0, hosts.err
+    assert {h["host"] for h in json.loads(hosts.out)} >= set(HOSTS)
+
+    env["SYSADM_DISPATCH_ROUTER_TICKET"] = PRINCIPALS["op"]["ticket"]
+    ran = await client(["run", "--all", "echo fleet-run", "sh -c 'exit 3'"], env)
+    assert ran.exit_code == 3, (ran.out, ran.err)
+    assert sorted(line for line in ran.out.splitlines()) == [f"{name} | fleet-run" for name in HOSTS]
+    assert "h1 | ==> [2/2] sh -c 'exit 3'" in ran.err
+
+    # The worst exit code: one host answers, the other is not there (69).
+    mixed = await client(["run", "--host", "h1", "--host", "h9", "echo one"], env)
+    assert mixed.exit_code == 69, (mixed.out, mixed.err)
+    assert mixed.out.splitlines() == ["h1 | one"]
+    assert "h9 is not online" in mixed.err
+
+    started = await client(["run", "--all", "--detach", "--id", "cli-sleep", "sleep 30"], env)
+    assert started.exit_code == 0, started.err
+    listed = await client(["list", "--all"], env)
+    rows = [line.split() for line in listed.out.splitlines()]
+    assert rows[0][:3] == ["HOST", "QUEUE", "ID"]
+    assert sorted(row[0] for row in rows[1:] if row[2] == "cli-sleep") == list(HOSTS)
+    killed = await client(["kill", "--all", "cli-sleep"], env)
+    assert killed.exit_code == 0, killed.err
+    assert sorted(killed.out.splitlines()) == [f"{name} | killed cli-sleep" for name in HOSTS]
+    viewer = await client(["run", "--host", "h1", "true"], dict(env, SYSADM_DISPATCH_ROUTER_USER="vw",
+                                                                 SYSADM_DISPATCH_ROUTER_TICKET="ticket-vw"))
+    assert viewer.exit_code == 77, viewer.err
+    assert "read-only" in viewer.err
 
 
 # Last: the router goes away and comes back.
