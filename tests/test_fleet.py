@@ -18,7 +18,7 @@ import pytest
 import pytest_twisted
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import PublishOptions, SubscribeOptions
-from client_helpers import client, client_env
+from client_helpers import client, client_env, start_client
 from conftest import WSClient, deferLater, poll, with_timeout
 from fleet_helpers import CONTRIB, PRINCIPALS, Host, Router, call, crossbar_program, join, wait_registered
 from twisted.internet import reactor
@@ -245,6 +245,19 @@ async def test_cli_reaches_every_host(fleet: Fleet, tmp_path: Any) -> None:
     killed = await client(["kill", "--all", "cli-sleep"], env)
     assert killed.exit_code == 0, killed.err
     assert sorted(killed.out.splitlines()) == [f"{name} | killed cli-sleep" for name in HOSTS]
+    watcher = start_client(["watch", "--all"], env)
+    try:
+        await watcher.wait_for("h2 | watching", stream="stderr")
+        await watcher.wait_for("h1 | watching", stream="stderr")
+        await client(["run", "--all", "--detach", "--id", "cli-watched", "echo watched"], env)
+        for name in HOSTS:
+            await watcher.wait_for(f"{name} | ")
+        await poll(lambda: all(any(line.startswith(f"{name} | ") and "cli-watched" in line and " finished " in line
+                                   for line in watcher.out.splitlines()) for name in HOSTS))
+        watcher.signal("INT")
+        await watcher.finish()
+    finally:
+        watcher.kill_if_running()
     viewer = await client(["run", "--host", "h1", "true"], dict(env, SYSADM_DISPATCH_ROUTER_USER="vw",
                                                                  SYSADM_DISPATCH_ROUTER_TICKET="ticket-vw"))
     assert viewer.exit_code == 77, viewer.err
