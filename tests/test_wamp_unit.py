@@ -80,3 +80,47 @@ def test_roles_come_from_the_callers_authrole() -> None:
         with pytest.raises(RPCError) as refused:
             host.session_for(details)
         assert refused.value.code == 403
+
+
+# The client's router settings.
+
+def router_args(**given: Any) -> Any:
+    from argparse import Namespace
+
+    values = {"router": None, "router_user": None, "router_ticket_file": None, "router_secret_file": None,
+              "host": [], "all": False}
+    values.update(given)
+    return Namespace(**values)
+
+
+def test_router_from_flags_env_and_config(tmp_path: Any) -> None:
+    from sysadm_dispatch.client.fleet import resolve_router
+
+    assert resolve_router(router_args(), {}, {}) is None
+    ticket = tmp_path / "t"
+    ticket.write_text("from-file\n")
+    flags = resolve_router(router_args(router="ws://r:1/", router_user="alice", router_ticket_file=str(ticket)),
+                           {"SYSADM_DISPATCH_ROUTER": "ws://other:2/"}, {})
+    assert (flags.url, flags.authid, flags.ticket, flags.secret) == ("ws://r:1/", "alice", "from-file", None)
+    env = resolve_router(router_args(), {"SYSADM_DISPATCH_ROUTER": "ws://e:1/", "SYSADM_DISPATCH_ROUTER_USER": "bob",
+                                         "SYSADM_DISPATCH_ROUTER_SECRET": "cra"}, {"router": "ws://c:1/"})
+    assert (env.url, env.authid, env.ticket, env.secret) == ("ws://e:1/", "bob", None, "cra")
+    config = resolve_router(router_args(), {}, {"router": "wss://c:1/", "router_user": "carol",
+                                                "router_secret_file": str(ticket)})
+    assert (config.url, config.authid, config.secret) == ("wss://c:1/", "carol", "from-file")
+
+
+@pytest.mark.parametrize("given, env, message", [
+    ({"all": True}, {}, "need a router"),
+    ({"router": "ws://r:1/"}, {}, "needs a principal"),
+    ({"router": "ws://r:1/", "router_user": "a"}, {}, "needs a ticket or a WAMP-CRA secret"),
+    ({"router": "ws://r:1/", "router_user": "a", "host": ["a.b"]}, {"SYSADM_DISPATCH_ROUTER_TICKET": "t"},
+     "a host name"),
+])
+def test_router_settings_refused(given: dict[str, Any], env: dict[str, str], message: str) -> None:
+    from sysadm_dispatch.client.errors import ClientError
+    from sysadm_dispatch.client.fleet import resolve_router
+
+    with pytest.raises(ClientError, match=message) as refused:
+        resolve_router(router_args(**given), env, {})
+    assert refused.value.code == 2
