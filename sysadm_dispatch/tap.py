@@ -171,6 +171,17 @@ class Options(usage.Options):
          "where only the monitoring reaches it) [default: off]."],
         ["log-format", None, "text", "Log as text or json (one JSON object a line, with each event's fields).",
          _choice("log-format", FORMATS)],
+        ["wamp", None, None, "Join this WAMP router (ws:// or wss://) as one host of a fleet (docs/fleet.rst) "
+         "[default: off]."],
+        ["wamp-realm", None, "sysadm", "With --wamp: the realm to join."],
+        ["wamp-host", None, None, "With --wamp: this host's name in the fleet (letters, digits, - and _), its "
+         "authid and part of its URIs [default: the machine's host name]."],
+        ["wamp-ticket-file", None, None, "With --wamp: log in to the router with the ticket on this file's first "
+         "line."],
+        ["wamp-cra-secret-file", None, None, "With --wamp: log in to the router by WAMP-CRA with the secret on this "
+         "file's first line."],
+        ["wamp-full-role", None, "operator", "With --wamp: callers with this WAMP role may run and kill."],
+        ["wamp-read-role", None, "viewer", "With --wamp: callers with this WAMP role may look."],
     ]
 
     optFlags = [
@@ -203,6 +214,47 @@ class Options(usage.Options):
             key = self["tls-key"] or self["tls-cert"]
             for name in ("ws", "rest"):
                 self[name] = tls_endpoint(self[name], os.path.abspath(self["tls-cert"]), os.path.abspath(key))
+        check_wamp_options(self)
+
+
+def check_wamp_options(options: Options) -> None:
+    """The ``--wamp*`` options, checked together; ``UsageError`` saying what is wrong."""
+    if not options["wamp"]:
+        given = [name for name in ("wamp-host", "wamp-ticket-file", "wamp-cra-secret-file") if options[name]]
+        if given:
+            raise usage.UsageError(f"--{given[0]} needs --wamp")
+        return
+    from .wamp import check_host, check_realm, check_router_url, default_host
+
+    try:
+        check_router_url(options["wamp"])
+        check_realm(options["wamp-realm"])
+        host = options["wamp-host"]
+        options["wamp-host"] = check_host(default_host() if host is None else host)
+        for name in ("wamp-full-role", "wamp-read-role"):
+            check_realm(options[name])
+    except ValueError as e:
+        raise usage.UsageError(f"--wamp: {e}") from None
+    if options["wamp-full-role"] == options["wamp-read-role"]:
+        raise usage.UsageError("--wamp-full-role and --wamp-read-role must differ")
+    secrets = [name for name in ("wamp-ticket-file", "wamp-cra-secret-file") if options[name]]
+    if len(secrets) != 1:
+        raise usage.UsageError("--wamp needs one of --wamp-ticket-file or --wamp-cra-secret-file (the router "
+                               "admits no anonymous host)")
+
+
+def wamp_host(options: Options, router: Router, reactor: Any) -> Service:
+    """The fleet membership ``--wamp`` asks for (a ``WampHost``), its secret read (and mode-checked) now."""
+    from .wamp import WampHost, read_secret
+
+    ticket_file, cra_file = options["wamp-ticket-file"], options["wamp-cra-secret-file"]
+    try:
+        secret = read_secret(ticket_file or cra_file)
+    except (OSError, UsersFileError) as e:
+        raise SystemExit(f"sysadm-dispatch: cannot use the WAMP secret file: {e}") from None
+    return WampHost(router, options["wamp"], realm=options["wamp-realm"], host=options["wamp-host"],
+                    ticket=secret if ticket_file else None, cra_secret=secret if cra_file else None,
+                    full_role=options["wamp-full-role"], read_role=options["wamp-read-role"], reactor=reactor)
 
 
 def _endpoint(reactor: Any, option: str, spec: str, tls_option: bool = False) -> Any:
@@ -434,6 +486,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     if server_log is not None:
         rotate = server_log.logfile.rotate if server_log.logfile is not None else None
         ReloadService(reactor, checker.reload, server_log.reopen, rotate).setServiceParent(top)
+    if options["wamp"]:
+        top.wamp = wamp_host(options, router, reactor)  # type: ignore[attr-defined]
+        top.wamp.setServiceParent(top)  # type: ignore[attr-defined]
     if notify_socket is not None:
         listeners = [service for service in top if isinstance(service, ListenerService)]
         NotifyService(notify_socket, lambda: [*(listener.when_listening() for listener in listeners),

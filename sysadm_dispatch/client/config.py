@@ -19,7 +19,8 @@ from .errors import NO_PERMISSION, USAGE, ClientError
 
 DEFAULT_URL = "ws://127.0.0.1:12150"
 DEFAULT_USER = "admin"
-CONFIG_KEYS = ("url", "user", "password", "password_file", "cafile", "insecure")
+CONFIG_KEYS = ("url", "user", "password", "password_file", "cafile", "insecure",
+               "router", "router_user", "router_ticket_file", "router_secret_file")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-COMMANDS = ("run", "follow", "list", "kill", "logs", "watch")
+COMMANDS = ("run", "follow", "list", "kill", "logs", "watch", "hosts")
 
 
 class Usage(Exception):
@@ -63,6 +63,19 @@ def connection_options() -> argparse.ArgumentParser:
                        help="read the password from FILE's first line [else env SYSADM_DISPATCH_PASSWORD]")
     group.add_argument("--cafile", metavar="FILE", help="trust the CA certificate(s) in FILE for wss://")
     group.add_argument("--insecure", action="store_true", help="do not verify the server's certificate (wss://)")
+    fleet = common.add_argument_group("fleet (through a WAMP router, see docs/fleet.rst)")
+    fleet.add_argument("--router", metavar="URL", help="the fleet's WAMP router, ws:// or wss:// "
+                                                       "[env SYSADM_DISPATCH_ROUTER]")
+    fleet.add_argument("--router-user", metavar="NAME", help="join the router as this principal "
+                                                             "[env SYSADM_DISPATCH_ROUTER_USER]")
+    fleet.add_argument("--router-ticket-file", metavar="FILE", help="the principal's ticket, on FILE's first line "
+                                                                    "[else env SYSADM_DISPATCH_ROUTER_TICKET]")
+    fleet.add_argument("--router-secret-file", metavar="FILE",
+                       help="the principal's WAMP-CRA secret, on FILE's first line [else env "
+                            "SYSADM_DISPATCH_ROUTER_SECRET]")
+    fleet.add_argument("--host", metavar="NAME", action="append", default=[],
+                       help="act on this host of the fleet (repeatable)")
+    fleet.add_argument("--all", action="store_true", help="act on every host online on the router")
     return common
 
 
@@ -121,6 +134,10 @@ def add_commands(commands: Any, handler: Callable[[argparse.Namespace], int]) ->
                 "until interrupted.")
     watch.add_argument("--json", action="store_true", help="one JSON object per event and line")
 
+    hosts = add("hosts", "list the hosts online on the router", "List the fleet's hosts online on the router "
+                "(needs --router).")
+    hosts.add_argument("--json", action="store_true", help="print the hosts as JSON")
+
 
 def prompt_password(message: str) -> str:
     import getpass
@@ -159,12 +176,26 @@ def handle(args: argparse.Namespace) -> int:
         return SOFTWARE
 
 
+def _router(args: argparse.Namespace) -> Any:
+    from .config import config_path, read_config
+    from .fleet import resolve_router
+
+    env = os.environ
+    return resolve_router(args, env, read_config(env.get("SYSADM_DISPATCH_CONFIG") or config_path(env)))
+
+
 def _handle(args: argparse.Namespace) -> int:
     from .config import resolve
+    from .errors import USAGE, ClientError
     from .jobs import env_pairs
 
     if getattr(args, "env", None):
         args.env = env_pairs(args.env)
+    router = _router(args)
+    if router is not None:
+        return _react(args, router)
+    if args.client_command == "hosts":
+        raise ClientError(USAGE, "hosts needs a router: --router URL or SYSADM_DISPATCH_ROUTER")
     interactive = sys.stdin.isatty()
     target = resolve(
         url=args.url, user=args.user, password_file=args.password_file, cafile=args.cafile,
@@ -206,19 +237,42 @@ async def _main(reactor: Any, args: argparse.Namespace, target: Any, output: Any
 
     from . import commands
     from .connection import connect
-    from .errors import SOFTWARE
+    from .errors import SOFTWARE, USAGE, ClientError
     from .session import Session
 
+    links: list[Any] = []
     session = Session(reactor, output, terminal=sys.stdin.isatty() and sys.stderr.isatty())
     session.install_interrupt()
     command = {
         "run": commands.run, "follow": commands.follow, "list": commands.list_jobs,
-        "kill": commands.kill, "logs": commands.logs, "watch": commands.watch,
+        "kill": commands.kill, "logs": commands.logs, "watch": commands.watch, "hosts": commands.list_jobs,
     }[args.client_command]
 
     async def work() -> int:
+        from .fleet import RouterTarget
+
+        if isinstance(target, RouterTarget):
+            return await fleet_work(target)
         session.connection = await connect(reactor, target)
         return await command(session, session.connection, args)
+
+    async def fleet_work(target: Any) -> int:
+        from . import fleet
+
+        link = fleet.RouterLink(reactor, target)
+        links.append(link)
+        await link.join()
+        if args.client_command == "hosts":
+            return await fleet.list_hosts(session, link, args)
+        if not args.host and not args.all:
+            raise ClientError(USAGE, f"{args.client_command} through a router needs --host NAME or --all")
+        hosts = await fleet.chosen_hosts(link, args)
+        if len(hosts) == 1 and not args.all:
+            session.connection = fleet.HostConnection(link, hosts[0])
+            return await command(session, session.connection, args)
+        if args.client_command == "list":
+            return await fleet.list_all(session, link, hosts, args)
+        return await fleet.on_hosts(session, link, hosts, command, args)
 
     d = Deferred.fromCoroutine(work())
     d.addCallbacks(session.finish, session.fail)
@@ -229,4 +283,6 @@ async def _main(reactor: Any, args: argparse.Namespace, target: Any, output: Any
         code = SOFTWARE
     if session.connection is not None:
         await session.connection.close()
+    for link in links:
+        await link.close()
     return code
