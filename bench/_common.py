@@ -233,9 +233,8 @@ def start_our_server(children: Children, workdir: Path, options: Sequence[str] =
         timeout=60,
     )
     ws_port, rest_port = free_port(), free_port()
-    # twistd finds plugins in twisted/plugins/ directories on sys.path; an editable
-    # install does not put the checkout there, so add it: this also makes sure the
-    # server measured is the code of this checkout.
+    # The checkout first on sys.path: the server measured is the code of this
+    # checkout (and its twisted/plugins/), whatever else the venv holds.
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR), environment.get("PYTHONPATH")]))
     log_path = workdir / "server.log"
