@@ -453,7 +453,9 @@ class Dispatcher(Service):
 
     def _output(self, job: Job, index: int, data: bytes) -> None:
         """
-        New output: a ``running`` update follows, throttled per job on the
+        New output, or (``data`` empty) the next command of the chain
+        started: a ``running`` update follows, with the exit codes so far and
+        the command now running, throttled per job on the
         leading edge: the job's first output, and the first after a quiet
         ``update_interval``, goes out at once (on the next turn of the
         reactor, with whatever else came in that turn); output that comes
@@ -467,7 +469,7 @@ class Dispatcher(Service):
 
     def _send_update(self, job: Job) -> None:
         del self._updates[job.id]
-        if job.state != RUNNING or not job.has_unstreamed_output():
+        if job.state != RUNNING or not job.has_news():
             return
         self._last_update[job.id] = self.reactor.seconds()
         self.events.publish("dispatcher", job.record(job.running_update()))

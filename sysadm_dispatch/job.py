@@ -399,6 +399,8 @@ class Job:
         #: How many ``running`` updates with output have been made: each
         #: running event and live record carries it, for late joiners.
         self.updates = 0
+        #: How many commands' exit codes (and so which command is current) the updates so far told.
+        self.commands_told = 0
         #: Whether the last update left output for the next (see ``running_update``).
         self.cut = False
         self.killed = False
@@ -517,6 +519,10 @@ class Job:
     def has_unstreamed_output(self) -> bool:
         return any(log.total > sent for log, sent in zip(self.logs, self.streamed, strict=True))
 
+    def has_news(self) -> bool:
+        """Whether a ``running`` update would tell something: new output, or a command that ended since."""
+        return len(self.return_codes) > self.commands_told or self.has_unstreamed_output()
+
     def running_update(self, limit: int = MAX_UPDATE_BYTES) -> dict[str, Any]:
         """
         ``process_details`` for a ``running`` update: each command's output
@@ -526,6 +532,7 @@ class Job:
         """
         self.updates += 1
         self.cut = False
+        self.commands_told = len(self.return_codes)
         details = self._details_head()
         for index, log in enumerate(self.logs):
             command = self.spec.commands[index]

@@ -38,6 +38,8 @@ POLL_MAX_SECONDS = 0.25
 #: with stragglers (a process in uninterruptible sleep cannot die sooner).
 AFTER_KILL_SECONDS = 2.0
 
+#: ``(job, index, data)``: command ``index`` wrote ``data``; ``data`` empty when
+#: command ``index`` (not the first) starts, so its predecessor ended.
 OutputCallback = Callable[[Job, int, bytes], None]
 
 
@@ -148,6 +150,10 @@ class JobRunner:
             self._end_of_job()
             return
         job.begin_command()
+        if index and self.on_output is not None:
+            # The previous command ended: its exit code and the command now
+            # running are news for whoever follows the job.
+            self.on_output(job, index, b"")
         assert self.tree is not None
         self._spawning = True
         try:

@@ -126,3 +126,25 @@ async def test_a_fast_reader_gets_a_big_output_in_bounded_updates(server: Server
     final = events[-1][1]["process_details"][command]
     assert final == "q" * size and final.startswith(streamed), len(streamed)
     assert client.close_code is None, "a client that reads is never dropped"
+
+
+@ensure
+async def test_the_next_command_starting_is_news_even_without_output(server: Server, tmp_path: Any) -> None:
+    # The first command's exit code and the second's start reach a follower
+    # while the second still runs, though neither printed anything since.
+    client = await server.ws()
+    await client.call("subscribe", ["dispatcher"], namespace="events")
+    gate = tmp_path / "gate"
+    second = f"sh -c 'while [ ! -e {gate} ]; do sleep 0.02; done'"
+    first = "sh -c 'echo first; sleep 0.3'"  # its output goes out before it ends
+    await server.run({"jobs": [{"id": "chain", "commands": [first, second]}]})
+    while True:
+        event = (await client.next_event())["args"]
+        assert event["state"] != "finished", event
+        details = event["process_details"]
+        if event["state"] == "running" and details.get(f"return_codes/{first}") == "0":
+            assert details["current_cmd"] == second
+            break
+    gate.write_text("")
+    while (await client.next_event())["args"]["state"] != "finished":
+        pass
