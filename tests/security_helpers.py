@@ -36,16 +36,17 @@ class _Protocol(_ClientProtocol):
 
 
 async def ws_connect(
-    port: int, *, headers: dict[str, str] | None = None, tls: Any = None, host: str = "127.0.0.1"
+    port: int, *, headers: dict[str, str] | None = None, tls: Any = None, host: str = "127.0.0.1", path: str = "/"
 ) -> WSClient:
     """
-    A ``WSClient`` connected with extra request ``headers`` and, with ``tls``
-    (client TLS options), over TLS.  Raises ``Refused`` (with the reason) if
-    the handshake is refused or the connection is lost before it opens.
+    A ``WSClient`` connected to ``path`` with extra request ``headers`` and,
+    with ``tls`` (client TLS options), over TLS.  Raises ``Refused`` (with the
+    reason) if the handshake is refused or the connection is lost before it
+    opens.
     """
     client = WSClient()
     client.not_clean_reason = None  # type: ignore[attr-defined]
-    factory = WebSocketClientFactory(f"{'wss' if tls else 'ws'}://{host}:{port}/", headers=headers or {})
+    factory = WebSocketClientFactory(f"{'wss' if tls else 'ws'}://{host}:{port}{path}", headers=headers or {})
     factory.protocol = _Protocol
     factory.opened = Deferred()
     factory.client = client

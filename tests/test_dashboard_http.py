@@ -15,12 +15,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
-from autobahn.twisted.websocket import WebSocketClientFactory
 from conftest import REPO, WSClient, with_timeout
-from security_helpers import Refused, _Protocol, captured_log, log_text
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from security_helpers import Refused, captured_log, log_text, ws_connect
 
 from sysadm_dispatch import dashboard
 
@@ -38,22 +34,7 @@ SECURITY = {
 async def ws_path_connect(port: int, path: str = "/ws", *, headers: dict[str, str] | None = None,
                           tls: Any = None, host: str = "127.0.0.1") -> WSClient:
     """A protocol client on ``path`` of ``port``; raises ``Refused`` if the handshake is refused."""
-    client = WSClient()
-    client.not_clean_reason = None  # type: ignore[attr-defined]
-    factory = WebSocketClientFactory(f"{'wss' if tls else 'ws'}://{host}:{port}{path}", headers=headers or {})
-    factory.protocol = _Protocol
-    factory.opened = Deferred()
-    factory.client = client
-    endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    if tls is not None:
-        endpoint = wrapClientTLS(tls, endpoint)
-    await with_timeout(endpoint.connect(factory))
-    value, index = await with_timeout(DeferredList([factory.opened, client.lost], fireOnOneCallback=True,
-                                                   consumeErrors=True))
-    if index == 1:
-        raise Refused(str(client.not_clean_reason))  # type: ignore[attr-defined]
-    client.protocol = value
-    return client
+    return await ws_connect(port, headers=headers, tls=tls, host=host, path=path)
 
 
 def assert_secure(response: Any) -> None:

@@ -172,7 +172,9 @@ def _ensure(coro: Any) -> Deferred[Any]:
     return ensureDeferred(coro)
 
 
-class _Stuck(ProcessProtocol):
+class _Helper(ProcessProtocol):
+    """A helper client process: ``ready`` once it prints ``ready``, ``ended`` when it exits."""
+
     def __init__(self) -> None:
         self.output = b""
         self.ready: Deferred[None] = Deferred()
@@ -210,7 +212,7 @@ async def test_client_that_stops_reading_is_dropped_and_others_keep_receiving(ma
             logged.append(formatEvent(event))
 
     globalLogPublisher.addObserver(observe)
-    stuck = _Stuck()
+    stuck = _Helper()
     process = reactor.spawnProcess(stuck, PYTHON, [PYTHON, os.path.join(HERE, "helpers", "stuck_client.py"),
                                                    str(server.ws_port), token], env=os.environ)
     try:
@@ -425,26 +427,6 @@ def test_a_big_run_starts_a_slice_per_reactor_turn_and_a_waiting_job_can_be_kill
     assert [s for s in states if s[1] == "running"] == [(i, "running") for i in ids[:-1]]
 
 
-class _Reader(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ready: Deferred[None] = Deferred()
-        self.ended: Deferred[None] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        if b"ready\n" in self.output and not self.ready.called:
-            self.ready.callback(None)
-
-    def errReceived(self, data: bytes) -> None:
-        self.output += data
-
-    def processEnded(self, reason: Any) -> None:
-        if not self.ready.called:
-            self.ready.errback(AssertionError(self.output.decode(errors="replace")))
-        self.ended.callback(None)
-
-
 @ensure
 async def test_a_client_that_reads_fast_is_never_dropped(make_server) -> None:
     # Six jobs stream about 8 MB each at once, on the default update interval
@@ -453,7 +435,7 @@ async def test_a_client_that_reads_fast_is_never_dropped(make_server) -> None:
     server = await make_server("--log-cap-bytes", str(64 << 20))
     admin = await server.ws()
     token = (await admin.call("auth", {"username": "admin", "password": server.admin_password}))["args"][0]
-    reader = _Reader()
+    reader = _Helper()
     reactor.spawnProcess(reader, PYTHON, [PYTHON, os.path.join(HERE, "helpers", "fast_reader.py"),
                                           str(server.ws_port), token, "6"], env=os.environ)
     await with_timeout(reader.ready)
