@@ -1,4 +1,4 @@
-"""Fuzz the router with a large budget (tests/test_fuzz.py runs a small one in CI).
+"""Fuzz the router with a large budget (tests/integration/test_fuzz.py runs a small one in CI).
 
 The same Hypothesis strategies and checks as the test: arbitrary JSON, random
 envelopes and random args from anonymous, full, read-only and blocked

@@ -20,9 +20,9 @@ from typing import Any
 from _common import Stopwatch, log
 from twisted.internet.task import Clock
 
-from sysadm_dispatch.dispatcher import Dispatcher
-from sysadm_dispatch.job import Job, Limits, specs_from_run_args
-from sysadm_dispatch.metrics import DispatchMetrics
+from sysadm_dispatch.core.dispatcher import Dispatcher
+from sysadm_dispatch.core.job import Job, Limits, specs_from_run_args
+from sysadm_dispatch.ops.metrics import DispatchMetrics
 
 
 def jobs(dispatcher: Dispatcher, count: int) -> list[Job]:

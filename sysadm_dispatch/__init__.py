@@ -12,14 +12,14 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Dispatcher": "dispatcher",
-    "Unavailable": "dispatcher",
-    "Event": "events",
-    "EventBatch": "events",
-    "InvalidJob": "job",
-    "Store": "store",
-    "StoreError": "store",
-    "HistoryPruner": "store",
+    "Dispatcher": "core.dispatcher",
+    "Unavailable": "core.dispatcher",
+    "Event": "core.events",
+    "EventBatch": "core.events",
+    "InvalidJob": "core.job",
+    "Store": "store.database",
+    "StoreError": "store.database",
+    "HistoryPruner": "store.database",
     "make_rest_resource": "embed",
     "make_router": "embed",
     "make_websocket_factory": "embed",

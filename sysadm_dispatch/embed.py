@@ -8,12 +8,12 @@ from typing import Any
 
 from twisted.web.resource import IResource
 
-from .auth import Authenticator, UsersFileChecker
-from .dispatcher import Dispatcher
-from .rest import RestAPI
-from .rpc import Router
-from .websocket import DispatchServerFactory
-from .websocket import make_websocket_factory as _websocket_factory
+from .api.router import Router
+from .auth.login import Authenticator, UsersFileChecker
+from .core.dispatcher import Dispatcher
+from .transports.rest import RestAPI
+from .transports.websocket import DispatchServerFactory
+from .transports.websocket import make_websocket_factory as _websocket_factory
 
 
 def make_router(

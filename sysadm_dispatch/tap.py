@@ -17,7 +17,9 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 from twisted.python.threadpool import ThreadPool
 
-from .auth import (
+from .api.router import Router
+from .auth.blocking import LoginGuard
+from .auth.login import (
     Authenticator,
     UsersFileChecker,
     UsersFileError,
@@ -26,19 +28,18 @@ from .auth import (
     ensure_users_file,
     map_big_blocks,
 )
-from .dashboard import DashboardRoot
-from .dispatcher import Dispatcher
-from .guard import LoginGuard, calm_accept
-from .job import DEFAULT_QUEUES, Limits
-from .metrics import DispatchMetrics
-from .procs import SubreaperService
-from .rest import RestAPI
-from .rpc import Router
-from .sdnotify import NotifyService, ReloadService, take_notify_socket
-from .serverlog import FORMATS, ServerLog
-from .store import HistoryPruner, Store, StoreError
-from .system_auth import SystemAuthError, SystemChecker
-from .websocket import make_websocket_factory
+from .auth.pam import SystemAuthError, SystemChecker
+from .core.dispatcher import Dispatcher
+from .core.job import DEFAULT_QUEUES, Limits
+from .ops.metrics import DispatchMetrics
+from .ops.sdnotify import NotifyService, ReloadService, take_notify_socket
+from .ops.serverlog import FORMATS, ServerLog
+from .process.procs import SubreaperService
+from .store.database import HistoryPruner, Store, StoreError
+from .transports.dashboard import DashboardRoot
+from .transports.limits import calm_accept
+from .transports.rest import RestAPI
+from .transports.websocket import make_websocket_factory
 
 log = Logger()
 
@@ -224,7 +225,7 @@ def check_wamp_options(options: Options) -> None:
         if given:
             raise usage.UsageError(f"--{given[0]} needs --wamp")
         return
-    from .wamp import check_host, check_realm, check_router_url, default_host
+    from .transports.wamp import check_host, check_realm, check_router_url, default_host
 
     try:
         check_router_url(options["wamp"])
@@ -245,7 +246,7 @@ def check_wamp_options(options: Options) -> None:
 
 def wamp_host(options: Options, router: Router, reactor: Any) -> Service:
     """The fleet membership ``--wamp`` asks for (a ``WampHost``), its secret read (and mode-checked) now."""
-    from .wamp import WampHost, read_secret
+    from .transports.wamp import WampHost, read_secret
 
     ticket_file, cra_file = options["wamp-ticket-file"], options["wamp-cra-secret-file"]
     try:

@@ -1,7 +1,7 @@
 """
 Hypothesis strategies and checks for fuzzing the router: arbitrary JSON,
 random envelopes and random ``args`` that are near enough to real requests
-to get past the first checks.  Shared by tests/test_fuzz.py and
+to get past the first checks.  Shared by tests/integration/test_fuzz.py and
 bench/fuzz_router.py.
 
 Commands the strategies make contain no ``/`` and jobs never set ``PATH``:
@@ -17,7 +17,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from sysadm_dispatch.rpc import RPCError, decode_json
+from sysadm_dispatch.api.router import RPCError, decode_json
 
 NAMES = ["auth", "auth_token", "auth_clear", "identify", "query", "dispatcher", "subscribe", "unsubscribe",
          "response", "error"]

@@ -22,7 +22,7 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from sysadm_dispatch.serverlog import event_as_json_line
+from sysadm_dispatch.ops.serverlog import event_as_json_line
 
 
 class Refused(Exception):

@@ -1,0 +1,1 @@
+"""The RPC handlers every transport shares, and the envelope they speak."""

@@ -1,0 +1,1 @@
+"""The domain: jobs, queues, events and the dispatcher that runs them."""

@@ -1,0 +1,1 @@
+"""Running it as a service: metrics, health, logs, systemd notification."""

@@ -1,0 +1,1 @@
+"""Running commands: a ProcessProtocol per command, the transports that spawn them, tree tracking."""

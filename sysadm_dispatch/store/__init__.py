@@ -1,0 +1,1 @@
+"""Durable state: the SQLite journal of jobs and the history queries over it."""

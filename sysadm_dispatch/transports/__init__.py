@@ -1,0 +1,1 @@
+"""REST, WebSocket, WAMP and the dashboard: translating the wire to the api."""
