@@ -1,8 +1,10 @@
 """
 sysadm-dispatch: run programs on demand for remote clients.
 
-The embedding API: a ``Dispatcher`` to run jobs from Python, and the
-transports to serve it, sharing one ``Router`` (and so one token store).
+The embedding API: ``make_server``, the whole server as one service (as
+``twistd sysadm-dispatch`` runs it); or the pieces: a ``Dispatcher`` to run
+jobs from Python, and the transports to serve it, sharing one ``Router`` (and
+so one token store).
 Names are imported on first use, so the console script starts quickly.
 """
 
@@ -23,6 +25,9 @@ _EXPORTS = {
     "make_rest_resource": "embed",
     "make_router": "embed",
     "make_websocket_factory": "embed",
+    "make_server": "server",
+    "Server": "server",
+    "ServerConfig": "config",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,19 +1,25 @@
 """
-Building the transports for a program that embeds the dispatcher.
+The transports for a program that embeds its own ``Dispatcher``, built from
+the same pieces as ``server.make_server`` (which builds the whole server,
+and is the simpler way to embed it).
+
+What ``make_server`` adds that these leave to the program: the WebSocket
+connection limits and timers (``DispatchServerFactory.guard_connections``),
+the REST listener's limits, the users file's watch for changes, and
+cancelling the failed-login guard's timers at shutdown.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.web.resource import IResource
 
 from .api.router import Router
-from .auth.login import Authenticator, UsersFileChecker
+from .auth.login import UsersFileChecker
+from .config import ServerConfig
 from .core.dispatcher import Dispatcher
-from .transports.rest import RestAPI
+from .server import login_guard, make_authenticator, rest_api, websocket_factory
+from .server import make_router as _make_router
 from .transports.websocket import DispatchServerFactory
-from .transports.websocket import make_websocket_factory as _websocket_factory
 
 
 def make_router(
@@ -24,16 +30,16 @@ def make_router(
     ``users_file`` (see ``sysadm-dispatch user add``).  Make one and give it
     to both transports so they share tokens.
     """
-    reactor: Any = dispatcher.reactor
+    reactor = dispatcher.reactor
+    config = ServerConfig(state_dir="", users=users_file, token_ttl=token_ttl, max_message_bytes=max_message_bytes)
     checker = UsersFileChecker(reactor, users_file)
     checker.load()
-    auth = Authenticator(reactor, checker, token_ttl=token_ttl)
-    return Router(dispatcher, auth, max_message_bytes=max_message_bytes)
+    return _make_router(dispatcher, make_authenticator(reactor, checker, login_guard(reactor, config), config), config)
 
 
 def make_rest_resource(router: Router) -> IResource:
     """The REST API (``PUT /rpc/dispatcher`` ...) as a resource to serve or mount."""
-    return RestAPI(router).resource()
+    return rest_api(router, ServerConfig(state_dir="")).resource()
 
 
 def make_websocket_factory(router: Router, *, max_backlog_bytes: int = 4 << 20) -> DispatchServerFactory:
@@ -42,4 +48,4 @@ def make_websocket_factory(router: Router, *, max_backlog_bytes: int = 4 << 20) 
     client that lets more than ``max_backlog_bytes`` wait for it is
     disconnected.
     """
-    return _websocket_factory(router, max_backlog_bytes=max_backlog_bytes)
+    return websocket_factory(router, ServerConfig(state_dir="", event_backlog_bytes=max_backlog_bytes))

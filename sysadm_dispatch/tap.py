@@ -1,52 +1,24 @@
 """
-The composition root: ``twistd sysadm-dispatch`` options, and the service
-that holds the dispatcher and its two listeners.
+``twistd sysadm-dispatch``: its options, and ``makeService``, which gives
+them to the composition root (``server.make_server``).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from dataclasses import fields
+from typing import Any, cast
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import quoteStringArgument, serverFromString
-from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
-from twisted.python.components import Componentized
-from twisted.python.threadpool import ThreadPool
 
-from .api.router import Router
-from .auth.blocking import LoginGuard
-from .auth.login import (
-    Authenticator,
-    UsersFileChecker,
-    UsersFileError,
-    check_private,
-    default_state_dir,
-    ensure_users_file,
-    map_big_blocks,
-)
-from .auth.pam import SystemAuthError, SystemChecker
-from .core.dispatcher import Dispatcher
-from .core.job import DEFAULT_QUEUES, Limits
-from .ops.metrics import DispatchMetrics
-from .ops.sdnotify import NotifyService, ReloadService, take_notify_socket
+from .auth.login import default_state_dir
+from .config import DEFAULT_REST, DEFAULT_WS, ServerConfig
+from .core.job import DEFAULT_QUEUES
+from .listeners import tls_endpoint
 from .ops.serverlog import FORMATS, ServerLog
-from .process.procs import SubreaperService
-from .store.database import HistoryPruner, Store, StoreError
-from .transports.dashboard import DashboardRoot
-from .transports.limits import calm_accept
-from .transports.rest import RestAPI
-from .transports.websocket import make_websocket_factory
+from .server import STORE_FILE, IServerReactor, Server, make_server
 
-log = Logger()
-
-DEFAULT_WS = "tcp:12150:interface=127.0.0.1"
-DEFAULT_REST = "tcp:12151:interface=127.0.0.1"
-#: The job store (queued jobs and history), in the state directory.
-STORE_FILE = "dispatch.sqlite3"
+__all__ = ["STORE_FILE", "Options", "makeService", "server_config"]
 
 
 def _number(option: str, kind: type, minimum: float, maximum: float | None = None) -> Any:
@@ -74,13 +46,6 @@ def _choice(option: str, choices: tuple[str, ...]) -> Any:
 
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
     return coerce
-
-
-def tls_endpoint(spec: str, cert: str, key: str) -> str:
-    """A ``tcp:`` endpoint string made into the ``ssl:`` one with the same port and options."""
-    if not spec.startswith("tcp:"):
-        return spec
-    return f"ssl:{spec[4:]}:privateKey={quoteStringArgument(key)}:certKey={quoteStringArgument(cert)}"
 
 
 def parse_queue(value: str) -> tuple[str, int]:
@@ -244,45 +209,6 @@ def check_wamp_options(options: Options) -> None:
                                "admits no anonymous host)")
 
 
-def wamp_host(options: Options, router: Router, reactor: Any) -> Service:
-    """The fleet membership ``--wamp`` asks for (a ``WampHost``), its secret read (and mode-checked) now."""
-    from .transports.wamp import WampHost, read_secret
-
-    ticket_file, cra_file = options["wamp-ticket-file"], options["wamp-cra-secret-file"]
-    try:
-        secret = read_secret(ticket_file or cra_file)
-    except (OSError, UsersFileError) as e:
-        raise SystemExit(f"sysadm-dispatch: cannot use the WAMP secret file: {e}") from None
-    return WampHost(router, options["wamp"], realm=options["wamp-realm"], host=options["wamp-host"],
-                    ticket=secret if ticket_file else None, cra_secret=secret if cra_file else None,
-                    full_role=options["wamp-full-role"], read_role=options["wamp-read-role"], reactor=reactor)
-
-
-def _endpoint(reactor: Any, option: str, spec: str, tls_option: bool = False) -> Any:
-    try:
-        return serverFromString(reactor, spec)
-    except ImportError as e:
-        # TLS is a normal dependency; a broken install still gets its fix named.
-        which = "--tls-cert" if tls_option else f"--{option} {spec!r}"
-        raise SystemExit(f"sysadm-dispatch: {which} needs the {e.name or 'missing'} module ({e}): "
-                         "install it with pip install 'twisted[tls]' in the server's environment") from None
-    except Exception as e:  # any reason (an unreadable TLS key, say) is reported in one line
-        raise SystemExit(f"sysadm-dispatch: --{option} {spec!r}: {e or type(e).__name__}") from None
-
-
-class ServerService(MultiService):
-    """
-    The whole server.  Under ``twistd`` it brings its own log observer,
-    given to the application as twistd expects (see ``serverlog``).
-    """
-
-    log_observer: Any = None
-
-    def setServiceParent(self, parent: Any) -> Any:
-        if self.log_observer is not None and isinstance(parent, Componentized):
-            parent.setComponent(ILogObserver, self.log_observer)
-        return super().setServiceParent(parent)
-
 
 def _server_log(options: Options) -> ServerLog | None:
     """The log of a server run by ``twistd`` (None otherwise, or when twistd is told to log elsewhere)."""
@@ -295,205 +221,19 @@ def _server_log(options: Options) -> ServerLog | None:
         raise SystemExit(f"sysadm-dispatch: cannot open the log file: {e}") from None
 
 
-class _GuardService(Service):
-    """Cancels the login guard's release timers at shutdown."""
-
-    def __init__(self, guard: LoginGuard) -> None:
-        self.guard = guard
-
-    def stopService(self) -> Any:
-        self.guard.stop()
-        return super().stopService()
+def server_config(options: Options) -> ServerConfig:
+    """The ``ServerConfig`` of parsed options: each field from the option of the same name."""
+    given = {f.name: options[f.name.replace("_", "-")] for f in fields(ServerConfig)
+             if f.name.replace("_", "-") in options}
+    return ServerConfig(**{**given, "queues": options["queues"], "dashboard": not options["no-dashboard"],
+                           "trust_proxy": bool(options["trust-proxy"]), "access_log": bool(options["access-log"]),
+                           "server_log": _server_log(options)})
 
 
-#: Threads that check passwords (scrypt, about 16 MiB and 65 ms each): few, so
-#: that logins cannot take every core and leave few allocator arenas behind.
-PASSWORD_THREADS = 2
-
-
-class _UsersService(Service):
-    def __init__(self, checker: UsersFileChecker | SystemChecker) -> None:
-        self.checker = checker
-        self.pool: ThreadPool | None = None
-        if isinstance(checker, UsersFileChecker):
-            map_big_blocks()
-            self.pool = checker.pool = ThreadPool(minthreads=0, maxthreads=PASSWORD_THREADS,
-                                                  name="sysadm-dispatch-passwords")
-
-    def startService(self) -> None:
-        super().startService()
-        if self.pool is not None:
-            self.pool.start()
-        self.checker.start()
-
-    def stopService(self) -> None:
-        self.checker.stop()
-        if self.pool is not None:
-            self.pool.stop()
-        return super().stopService()
-
-
-class ListenerService(StreamServerEndpointService):
-    """A listener whose bound port can be asked for (useful with port 0)."""
-
-    def __init__(self, name: str, endpoint: Any, factory: Any, spec: str = "", clock: Any = None) -> None:
-        super().__init__(endpoint, factory)
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.clock = clock
-        self.setName(name)
-        self.spec = spec
-        self._listening: list[Deferred[Any]] = []
-        self.port: Any = None
-
-    def privilegedStartService(self) -> None:
-        # A listener that cannot bind stops the server at start, in one line:
-        # a server listening on nothing would look up to a service manager.
-        self._raiseSynchronously = True
-        try:
-            super().privilegedStartService()
-        except Exception as e:
-            reason = getattr(e, "socketError", None) or e
-            where = f"--{self.name} {self.spec!r}" if self.spec else f"the {self.name} listener"
-            raise SystemExit(f"sysadm-dispatch: {where}: cannot listen: {reason}") from None
-        assert self._waitingForPort is not None
-        self._waitingForPort.addCallback(self._bound)
-
-    def _bound(self, port: Any) -> Any:
-        self.port = port
-        calm_accept(port, self.clock)
-        for d in self._listening:
-            d.callback(port)
-        self._listening.clear()
-        return port
-
-    def when_listening(self) -> Deferred[Any]:
-        """Fires with the listening port once bound."""
-        d: Deferred[Any] = Deferred()
-        if self.port is not None:
-            d.callback(self.port)
-        else:
-            self._listening.append(d)
-        return d
-
-
-def prepare_state(options: Options) -> None:
-    """Create the state directory and, on first run, the users file."""
-    state_dir = options["state-dir"]
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    check_private(state_dir)
-    if options["auth"] != "users":
-        return
-    users = options["users"]
-    created = ensure_users_file(users, os.path.join(state_dir, "admin-password"))
-    if created:
-        log.warn("created users file {users} with user 'admin'; its password is in {path}", users=users, path=created)
-    check_private(users)
-
-
-def open_store(options: Options, reactor: Any) -> Store:
-    """
-    The job store in the state directory, opened and checked now, before
-    the reactor runs: a corrupt or unreadable file is moved aside (loudly)
-    and a fresh one started; a store that cannot be had stops the server.
-    """
-    store = Store(os.path.join(options["state-dir"], STORE_FILE), reactor)
-    try:
-        moved = store.prepare()
-    except StoreError as e:
-        raise SystemExit(f"sysadm-dispatch: cannot use the job store: {e}") from None
-    if moved:
-        log.critical("THE JOB STORE {path} WAS CORRUPT OR UNREADABLE: moved it to {moved} and started an empty "
-                     "one; the jobs queued and the history in it are not used", path=store.path, moved=moved)
-    return store
-
-
-def makeService(options: Options, reactor: Any = None) -> MultiService:
+def makeService(options: Options, reactor: IServerReactor | None = None) -> Server:
+    """The server for ``twistd``: the one place that takes the global reactor (unless one is given)."""
     if reactor is None:
-        from twisted.internet import reactor as default_reactor
+        from twisted.internet import reactor as global_reactor
 
-        reactor = default_reactor
-    checker: UsersFileChecker | SystemChecker
-    try:
-        prepare_state(options)
-        if options["auth"] == "system":
-            checker = SystemChecker(reactor, service=options["pam-service"], full_group=options["full-group"],
-                                    read_group=options["read-group"])
-        else:
-            checker = UsersFileChecker(reactor, options["users"])
-        checker.load()
-    except (OSError, UsersFileError, SystemAuthError) as e:
-        # Reported like a bad option: one line, no traceback.
-        raise SystemExit(f"sysadm-dispatch: cannot prepare the state directory or users file: {e}") from None
-    endpoints = {name: _endpoint(reactor, name, options[name], bool(options["tls-cert"]))
-                 for name in ("ws", "rest", "metrics") if options[name]}
-    store = open_store(options, reactor)
-    # Before the dispatcher copies the environment for its jobs.
-    notify_socket = take_notify_socket()
-
-    top = ServerService()
-    server_log = _server_log(options)
-    if server_log is not None:
-        top.log_observer = server_log.observer()
-    dispatcher = Dispatcher(
-        reactor,
-        queues=options["queues"],
-        kill_grace=options["kill-grace"],
-        job_timeout=options["job-timeout"],
-        log_cap_bytes=options["log-cap-bytes"],
-        limits=Limits(max_jobs_per_run=options["max-jobs-per-run"], max_commands=options["max-chain"]),
-        max_pending=options["max-pending"],
-        update_interval=options["update-interval"],
-        store=store,
-    )
-    # Stopped last (services stop in reverse order): listeners close first,
-    # then running jobs are killed.
-    dispatcher.setServiceParent(top)
-    # Orphaned job processes are re-parented to the server, found and reaped.
-    SubreaperService(reactor).setServiceParent(top)
-    _UsersService(checker).setServiceParent(top)
-    # Stopped before the dispatcher closes the store.
-    HistoryPruner(store, reactor, days=options["history-days"], max_jobs=options["history-max-jobs"]
-                  ).setServiceParent(top)
-    guard = LoginGuard(reactor, max_failures=options["max-failed-logins"], window=options["failed-login-window"],
-                       block_seconds=options["block-seconds"])
-    _GuardService(guard).setServiceParent(top)
-    auth = Authenticator(reactor, checker, token_ttl=options["token-ttl"], guard=guard,
-                         max_login_checks=options["max-login-checks"])
-    router = Router(dispatcher, auth, max_message_bytes=options["max-message-bytes"],
-                    max_depth=options["max-json-depth"], max_string_chars=options["max-string-chars"])
-
-    ws = make_websocket_factory(router, max_backlog_bytes=options["event-backlog-bytes"],
-                                backlog_grace=options["event-backlog-seconds"])
-    ws.guard_connections(idle_timeout=options["idle-timeout"], auth_timeout=options["auth-timeout"],
-                         max_connections_per_address=options["max-connections-per-address"],
-                         trust_proxy=options["trust-proxy"],
-                         max_unauthenticated_bytes=options["max-unauthenticated-bytes"])
-    ListenerService("ws", endpoints["ws"], ws, options["ws"], reactor).setServiceParent(top)
-    rest = RestAPI(router, trust_proxy=options["trust-proxy"],
-                   max_unauthenticated_bytes=options["max-unauthenticated-bytes"]).site(
-        timeout=options["idle-timeout"] or None, access_log=bool(options["access-log"]),
-        max_connections_per_address=options["max-rest-connections-per-address"],
-        max_connections=options["max-rest-connections"], request_timeout=options["request-timeout"],
-    )
-    if not options["no-dashboard"]:
-        # The page, its assets and /ws beside the API (docs/dashboard.rst).
-        rest.resource = DashboardRoot(rest.resource, ws)
-    ListenerService("rest", endpoints["rest"], rest, options["rest"], reactor).setServiceParent(top)
-    if "metrics" in endpoints:
-        metrics = DispatchMetrics(dispatcher, auth=auth, websocket=ws, store=store)
-        ListenerService("metrics", endpoints["metrics"], metrics.site(), options["metrics"], reactor
-                        ).setServiceParent(top)
-    if server_log is not None:
-        rotate = server_log.logfile.rotate if server_log.logfile is not None else None
-        ReloadService(reactor, checker.reload, server_log.reopen, rotate).setServiceParent(top)
-    if options["wamp"]:
-        top.wamp = wamp_host(options, router, reactor)  # type: ignore[attr-defined]
-        top.wamp.setServiceParent(top)  # type: ignore[attr-defined]
-    if notify_socket is not None:
-        listeners = [service for service in top if isinstance(service, ListenerService)]
-        NotifyService(notify_socket, lambda: [*(listener.when_listening() for listener in listeners),
-                                              dispatcher.when_recovered()]).setServiceParent(top)
-    top.dispatcher = dispatcher  # type: ignore[attr-defined]
-    top.router = router  # type: ignore[attr-defined]
-    return top
+        return make_server(cast(IServerReactor, global_reactor), server_config(options))
+    return make_server(reactor, server_config(options))

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol, cast
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -29,7 +29,6 @@ from ..auth.login import Authenticator
 from ..core.dispatcher import Dispatcher
 from ..core.job import FINISHED, Job
 from ..store.database import Store
-from ..transports.websocket import DispatchServerFactory
 
 PREFIX = "sysadm_dispatch_"
 #: How a finished job ended (the ``result`` label).
@@ -42,6 +41,21 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 TRANSPORTS = ("rest", "websocket")
 LOGIN_RESULTS = ("ok", "failed", "blocked")
 DROP_REASONS = ("slow_consumer", "idle", "auth_timeout")
+
+
+class _Count(Protocol):
+    def total(self) -> int: ...
+
+
+class WebSocketCounts(Protocol):
+    """What the metrics read of the WebSocket transport (its factory provides it)."""
+
+    @property
+    def connections(self) -> _Count: ...
+
+    #: Connections the server closed, by reason.
+    @property
+    def dropped(self) -> Mapping[str, int]: ...
 
 
 def result_of(job: Job) -> str:
@@ -91,7 +105,7 @@ class DispatchMetrics:
         dispatcher: Dispatcher,
         *,
         auth: Authenticator | None = None,
-        websocket: DispatchServerFactory | None = None,
+        websocket: WebSocketCounts | None = None,
         store: Store | None = None,
     ) -> None:
         self.dispatcher = dispatcher

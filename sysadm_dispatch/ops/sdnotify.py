@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 
 log = Logger()
@@ -80,7 +81,7 @@ class ReloadService(Service):
     handler only hands the work to the reactor thread.
     """
 
-    def __init__(self, reactor: Any, reload_users: Callable[[], Any], reopen_log: Callable[[], None],
+    def __init__(self, reactor: IReactorFromThreads, reload_users: Callable[[], Any], reopen_log: Callable[[], None],
                  rotate_log: Callable[[], None] | None = None) -> None:
         self.reactor = reactor
         self.reload_users = reload_users
@@ -101,7 +102,8 @@ class ReloadService(Service):
         return super().stopService()
 
     def _signalled(self, number: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.reload if number == signal.SIGHUP else self._rotate)
+        # (mypy reads a zope interface as a plain class, whose methods have no self.)
+        self.reactor.callFromThread(self.reload if number == signal.SIGHUP else self._rotate)  # type: ignore[misc]
 
     def reload(self) -> None:
         try:
