@@ -6,12 +6,16 @@ asked for.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorTime, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 
 from .transports.limits import calm_accept
 
@@ -23,7 +27,7 @@ def tls_endpoint(spec: str, cert: str, key: str) -> str:
     return f"ssl:{spec[4:]}:privateKey={quoteStringArgument(key)}:certKey={quoteStringArgument(cert)}"
 
 
-def endpoint(reactor: Any, option: str, spec: str, tls_option: bool = False) -> IStreamServerEndpoint:
+def endpoint(reactor: IReactorCore, option: str, spec: str, tls_option: bool = False) -> IStreamServerEndpoint:
     """``serverFromString``, its errors made into one line naming ``--option`` (``SystemExit``)."""
     try:
         return serverFromString(reactor, spec)
