@@ -30,7 +30,7 @@ from .auth.login import (
 )
 from .auth.pam import SystemAuthError, SystemChecker
 from .core.dispatcher import Dispatcher
-from .core.job import DEFAULT_QUEUES, Limits
+from .core.spec import DEFAULT_QUEUES, Limits
 from .ops.metrics import DispatchMetrics
 from .ops.sdnotify import NotifyService, ReloadService, take_notify_socket
 from .ops.serverlog import FORMATS, ServerLog
