@@ -60,6 +60,8 @@ class Scheduler:
         self._start_call: DelayedCall | None = None
         self._start_budget = STARTS_PER_TURN
         self._start_retry: DelayedCall | None = None
+        #: Jobs whose start the store could not record: they wait for the retry.
+        self._retrying: set[Job] = set()
         self._starting = False
         self._draining = False
         self.stopping = False
@@ -168,7 +170,7 @@ class Scheduler:
                 progress = False
                 for queue in self.queues.values():
                     for job in queue.startable():
-                        if job in self._starting_jobs:
+                        if job in self._starting_jobs or job in self._retrying:
                             continue
                         progress = True
                         self._begin(job)
@@ -199,6 +201,7 @@ class Scheduler:
                 return
             log.error("job {job_id} waits: the store cannot record its start: {error}", job_id=job.id,
                       error=f.getErrorMessage())
+            self._retrying.add(job)
             if self._start_retry is None and not self.stopping:
                 self._start_retry = self.reactor.callLater(START_RETRY_SECONDS, self._retry_starts)
 
@@ -210,6 +213,7 @@ class Scheduler:
 
     def _retry_starts(self) -> None:
         self._start_retry = None
+        self._retrying.clear()
         self.start_ready()
 
     def _queue_start(self, job: Job) -> None:
