@@ -1,11 +1,12 @@
 """
-Jobs: what a client asked to run, where it is in its life, and the views of
-it that go on the wire.
+Jobs: where a job is in its life, and the views of it that go on the wire.
 
-Pure state and validation, no Twisted and no I/O: the dispatcher changes a
-job, the runner feeds it output and exit codes, and everything a client sees
-of a job (list entry, event payload, history record) is computed here from
-that one object.  The wire formats are described in docs/protocol.rst.
+Pure state, no Twisted and no I/O: the dispatcher changes a job and decides
+how it ended (``outcome.py``), the runner feeds it output and exit codes,
+and everything a client sees of a job (list entry, event payload, history
+record) is computed here from that one object.  What was asked to run is a
+``JobSpec`` (``spec.py``); each command's output a ``CappedLog``
+(``log.py``).  The wire formats are described in docs/protocol.rst.
 """
 
 from __future__ import annotations
