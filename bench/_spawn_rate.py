@@ -32,7 +32,8 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.protocol import ProcessProtocol
 
-from sysadm_dispatch.core.job import Job, specs_from_run_args
+from sysadm_dispatch.core.job import Job
+from sysadm_dispatch.core.spec import specs_from_run_args
 from sysadm_dispatch.process.runner import JobRunner
 
 PROGRAM = "/bin/true"

@@ -21,7 +21,8 @@ from _common import Stopwatch, log
 from twisted.internet.task import Clock
 
 from sysadm_dispatch.core.dispatcher import Dispatcher
-from sysadm_dispatch.core.job import Job, Limits, specs_from_run_args
+from sysadm_dispatch.core.job import Job
+from sysadm_dispatch.core.spec import Limits, specs_from_run_args
 from sysadm_dispatch.ops.metrics import DispatchMetrics
 
 
@@ -54,7 +55,7 @@ def main() -> int:
     dispatcher = Dispatcher(Clock())
     metrics = DispatchMetrics(dispatcher)
     made = jobs(dispatcher, args.jobs)
-    tell = dispatcher._tell
+    tell = dispatcher.runs.tell
 
     def counted(job: Job) -> None:
         tell(job, "submitted")

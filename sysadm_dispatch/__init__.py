@@ -18,7 +18,7 @@ _EXPORTS = {
     "Unavailable": "core.dispatcher",
     "Event": "core.events",
     "EventBatch": "core.events",
-    "InvalidJob": "core.job",
+    "InvalidJob": "core.spec",
     "Store": "store.database",
     "StoreError": "store.database",
     "HistoryPruner": "store.database",

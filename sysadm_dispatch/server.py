@@ -38,7 +38,7 @@ from .auth.login import (
 from .auth.pam import SystemAuthError, SystemChecker
 from .config import ServerConfig
 from .core.dispatcher import Dispatcher
-from .core.job import Limits
+from .core.spec import Limits
 from .listeners import ListenerService, endpoint, tls_endpoint
 from .ops.metrics import DispatchMetrics
 from .ops.sdnotify import NotifyService, ReloadService, take_notify_socket

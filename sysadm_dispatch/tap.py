@@ -13,7 +13,7 @@ from twisted.python import usage
 
 from .auth.login import default_state_dir
 from .config import DEFAULT_REST, DEFAULT_WS, ServerConfig
-from .core.job import DEFAULT_QUEUES
+from .core.spec import DEFAULT_QUEUES
 from .listeners import tls_endpoint
 from .ops.serverlog import FORMATS, ServerLog
 from .server import STORE_FILE, IServerReactor, Server, make_server

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from ..auth.blocking import AddressBlocked
 from ..auth.login import Authenticator, LoginBusy, LoginFailed, User
 from ..core.dispatcher import Dispatcher, Unavailable
-from ..core.job import InvalidJob
+from ..core.spec import InvalidJob
 from ..store.history import BadQuery, flat_record, parse_read_logs, read_logs_reply
 
 log = Logger()

@@ -12,6 +12,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from .reactor import DelayedCall, ReactorTime
+
 log = Logger()
 
 
@@ -76,14 +78,14 @@ class EventHub:
     event, and the reactor goes on serving requests in between.
     """
 
-    def __init__(self, names: tuple[str, ...] = ("dispatcher",), reactor: Any = None) -> None:
+    def __init__(self, reactor: ReactorTime, names: tuple[str, ...] = ("dispatcher",)) -> None:
         self.names = names
         self.reactor = reactor
         self._direct: dict[str, dict[int, Subscription]] = {name: {} for name in names}
         self._batched: dict[str, dict[int, Subscription]] = {name: {} for name in names}
         self._published = 0
         self._waiting: dict[str, list[tuple[int, Event]]] = {}
-        self._flush_call: Any = None
+        self._flush_call: DelayedCall | None = None
 
     def subscribe(self, name: str, callback: Callable[[Any], None], *, batched: bool = False) -> Subscription:
         """
@@ -114,15 +116,8 @@ class EventHub:
         if self._batched.get(name):
             self._waiting.setdefault(name, []).append((self._published, event))
             if self._flush_call is None:
-                self._flush_call = self._reactor().callLater(0, self._flush)
+                self._flush_call = self.reactor.callLater(0, self._flush)
         return event
-
-    def _reactor(self) -> Any:
-        if self.reactor is None:
-            from twisted.internet import reactor
-
-            self.reactor = reactor
-        return self.reactor
 
     def _flush(self) -> None:
         self._flush_call = None

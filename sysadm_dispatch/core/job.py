@@ -1,364 +1,34 @@
 """
-Jobs: what a client asked to run, where it is in its life, and the views of
-it that go on the wire.
+Jobs: where a job is in its life, and the views of it that go on the wire.
 
-Pure state and validation, no Twisted and no I/O: the dispatcher changes a
-job, the runner feeds it output and exit codes, and everything a client sees
-of a job (list entry, event payload, history record) is computed here from
-that one object.  The wire formats are described in docs/protocol.rst.
+Pure state, no Twisted and no I/O: the dispatcher changes a job and decides
+how it ended (``outcome.py``), the runner feeds it output and exit codes,
+and everything a client sees of a job (list entry, event payload, history
+record) is computed here from that one object.  What was asked to run is a
+``JobSpec`` (``spec.py``); each command's output a ``CappedLog``
+(``log.py``).  The wire formats are described in docs/protocol.rst.
 """
 
 from __future__ import annotations
 
 import math
-import re
-import shlex
-import uuid
-from collections import deque
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+
+from .log import CappedLog
+from .outcome import KillRequest, Outcome
+from .spec import JobSpec
 
 PENDING = "pending"
 RUNNING = "running"
 FINISHED = "finished"
-
-NO_QUEUE = "no_queue"
-DEFAULT_QUEUES: Mapping[str, int] = {"no_queue": 0, "pkg_queue": 1, "iocage_queue": 1}
 
 #: Exit code recorded for a command that could not be started at all.
 EXIT_NOT_STARTED = 127
 #: At most this much of a job's output (bytes as the job wrote them) goes in
 #: one ``running`` update; the rest follows in the next one.
 MAX_UPDATE_BYTES = 64 * 1024
-
-
-class InvalidJob(ValueError):
-    """
-    A request to run jobs is not acceptable; the message names the job and the
-    problem, in one sentence fit for a client.
-    """
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on what one ``run`` request may ask for."""
-
-    max_jobs_per_run: int = 1000
-    max_commands: int = 256
-    max_command_chars: int = 65536
-    max_id_chars: int = 256
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What a client asked to run: immutable once accepted."""
-
-    id: str
-    commands: tuple[str, ...]
-    argvs: tuple[tuple[str, ...], ...]
-    queue: str = NO_QUEUE
-    cwd: str | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
-    timeout: float | None = None
-    #: The user who asked for it (None: the embedding program, or a job
-    #: recorded before the server kept this).
-    submitted_by: str | None = None
-
-
-def make_job_id(queue: str) -> str:
-    """A fresh job id in the original server's style: ``<queue>-{<uuid4>}``."""
-    return f"{queue}-{{{uuid.uuid4()}}}"
-
-
-def not_text(value: str) -> bool:
-    """True if ``value`` cannot be encoded as UTF-8 (it holds a lone surrogate): no name, command or log may."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _check_text(where: str, what: str, value: str) -> None:
-    if not_text(value):
-        raise InvalidJob(f"{where}: {what} {value[:80]!r} is not valid Unicode text (it holds a lone surrogate)")
-
-
-def _describe(job_id: object) -> str:
-    return f"job {job_id!r}" if isinstance(job_id, str) else "a job"
-
-
-#: What makes a command need ``shlex``: quotes and backslashes.  Without
-#: them, POSIX splitting is a split on its four blanks.
-_QUOTING = re.compile(r"['\"\\]")
-_BLANKS = re.compile(r"[ \t\r\n]+")
-
-
-def split_words(command: str) -> list[str]:
-    """A command split into words by POSIX shell rules (``shlex.split``), quickly when nothing is quoted."""
-    if _QUOTING.search(command) is not None:
-        return shlex.split(command)
-    return [word for word in _BLANKS.split(command) if word]
-
-
-def parse_commands(
-    job_id: str, value: object, limits: Limits, where: str | None = None
-) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
-    """
-    Validate one command or a chain and split each command into words.
-
-    Commands are never given to a shell: they are split by POSIX shell
-    quoting rules and executed directly.
-    """
-    where = where or _describe(job_id)
-    if isinstance(value, str):
-        commands: list[str] = [value]
-    elif isinstance(value, list) and all(isinstance(c, str) for c in value):
-        commands = list(value)
-    else:
-        raise InvalidJob(f"{where}: commands must be a string or a list of strings")
-    if not commands:
-        raise InvalidJob(f"{where}: commands must not be empty")
-    if len(commands) > limits.max_commands:
-        raise InvalidJob(f"{where}: a chain may hold at most {limits.max_commands} commands, got {len(commands)}")
-    argvs = []
-    for command in commands:
-        if len(command) > limits.max_command_chars:
-            raise InvalidJob(f"{where}: a command may be at most {limits.max_command_chars} characters long")
-        if "\x00" in command:
-            raise InvalidJob(f"{where}: command {command[:80]!r} contains a NUL character")
-        _check_text(where, "command", command)
-        try:
-            words = split_words(command)
-        except ValueError as e:
-            raise InvalidJob(f"{where}: command {command[:80]!r} cannot be split into words ({e})") from None
-        if not words:
-            raise InvalidJob(f"{where}: command {command!r} is empty")
-        argvs.append(tuple(words))
-    return tuple(commands), tuple(argvs)
-
-
-def _check_id(job_id: object, limits: Limits, where: str | None = None) -> str:
-    if not isinstance(job_id, str) or not job_id:
-        raise InvalidJob(f"{where or _describe(job_id)}: a job id must be a non-empty string")
-    if len(job_id) > limits.max_id_chars:
-        raise InvalidJob(f"job {job_id[:40]!r}...: a job id may be at most {limits.max_id_chars} characters long")
-    if any(ord(c) < 32 for c in job_id):
-        raise InvalidJob(f"job {job_id!r}: a job id must not contain control characters")
-    _check_text(f"job {job_id[:80]!r}", "the job id", job_id)
-    return job_id
-
-
-_EXTENDED_KEYS = {"id", "commands", "queue", "cwd", "env", "timeout"}
-
-
-def _spec_from_object(obj: object, index: int, queues: Collection[str], limits: Limits,
-                      submitted_by: str | None) -> JobSpec:
-    if not isinstance(obj, dict):
-        raise InvalidJob(f"jobs[{index}] must be an object")
-    unknown = sorted(set(obj) - _EXTENDED_KEYS)
-    # A job is named by its id when the client gave one, else by its place.
-    where = _describe(obj["id"]) if isinstance(obj.get("id"), str) else f"jobs[{index}]"
-    if unknown:
-        raise InvalidJob(f"{where}: unknown key {unknown[0]!r}")
-    queue = obj.get("queue", NO_QUEUE)
-    if not isinstance(queue, str):
-        raise InvalidJob(f"{where}: queue must be a string")
-    _check_text(where, "queue", queue)
-    if queue not in queues:
-        raise InvalidJob(f"{where}: unknown queue {queue!r} (known: {', '.join(sorted(queues))})")
-    job_id = _check_id(obj["id"], limits, where) if "id" in obj else make_job_id(queue)
-    if "commands" not in obj:
-        raise InvalidJob(f"{where}: commands are missing")
-    commands, argvs = parse_commands(job_id, obj["commands"], limits, where)
-    cwd = obj.get("cwd")
-    if cwd is not None and (not isinstance(cwd, str) or not cwd or "\x00" in cwd):
-        raise InvalidJob(f"{where}: cwd must be a non-empty string")
-    if cwd is not None:
-        _check_text(where, "cwd", cwd)
-    env = obj.get("env", {})
-    if env is None:
-        env = {}
-    if not isinstance(env, dict):
-        raise InvalidJob(f"{where}: env must be an object of strings")
-    for key, value in env.items():
-        if not isinstance(key, str):
-            raise InvalidJob(f"{where}: env name {key!r} is not a valid variable name")
-        if not isinstance(value, str):
-            raise InvalidJob(f"{where}: env value of {key!r} must be a string")
-        if not key or "=" in key or "\x00" in key or "\x00" in value:
-            raise InvalidJob(f"{where}: env name {key!r} is not a valid variable name")
-        _check_text(where, "env name", key)
-        _check_text(where, f"env value of {key!r}", value)
-    timeout = obj.get("timeout")
-    if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise InvalidJob(f"{where}: timeout must be a number of seconds")
-        if not 0 < timeout <= 10 * 365 * 86400:
-            raise InvalidJob(f"{where}: timeout must be a positive number of seconds")
-    return JobSpec(job_id, commands, argvs, queue, cwd, dict(env), float(timeout) if timeout else None, submitted_by)
-
-
-def specs_from_run_args(args: Mapping[str, Any], queues: Collection[str], limits: Limits = Limits(), *,
-                        submitted_by: str | None = None) -> list[JobSpec]:
-    """
-    Read the jobs of a ``run`` action, in either form.
-
-    Compatible form: every key but ``action`` is a job id whose value is a
-    command or a chain, run in ``no_queue``.  Extended form: a ``jobs`` list
-    of objects.  All or nothing: the first problem raises ``InvalidJob``.
-    """
-    specs: list[JobSpec] = []
-    jobs = args.get("jobs")
-    if isinstance(jobs, list) and (not jobs or not all(isinstance(j, str) for j in jobs)):
-        # The extended form; a list of strings under "jobs" is a compatible
-        # job that happens to be named "jobs".
-        extra = sorted(k for k in args if k not in ("action", "jobs"))
-        if extra:
-            raise InvalidJob(f"run: the jobs form takes no other keys, got {extra[0]!r}")
-        if len(args["jobs"]) > limits.max_jobs_per_run:
-            raise InvalidJob(f"run: at most {limits.max_jobs_per_run} jobs in one request, got {len(args['jobs'])}")
-        for index, obj in enumerate(args["jobs"]):
-            specs.append(_spec_from_object(obj, index, queues, limits, submitted_by))
-    else:
-        items = [(k, v) for k, v in args.items() if k != "action"]
-        if len(items) > limits.max_jobs_per_run:
-            raise InvalidJob(f"run: at most {limits.max_jobs_per_run} jobs in one request, got {len(items)}")
-        for job_id, value in items:
-            _check_id(job_id, limits)
-            commands, argvs = parse_commands(job_id, value, limits)
-            specs.append(JobSpec(job_id, commands, argvs, NO_QUEUE, submitted_by=submitted_by))
-    if not specs:
-        raise InvalidJob("run: no jobs given")
-    seen: set[str] = set()
-    for spec in specs:
-        if spec.id in seen:
-            raise InvalidJob(f"job {spec.id!r}: the same id appears twice in the request")
-        seen.add(spec.id)
-    return specs
-
-
-class CappedLog:
-    """
-    The output of one command, capped: the first and last halves of the cap
-    are kept, with a marker saying how many bytes were dropped between them.
-    """
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.total = 0
-        self._head = bytearray()
-        self._head_cap = cap // 2
-        self._tail: deque[bytes] = deque()
-        self._tail_size = 0
-        self._tail_cap = cap - self._head_cap
-        #: Whether the last ``since`` stopped short of the end for its limit.
-        self.short = False
-
-    def write(self, data: bytes) -> None:
-        self.total += len(data)
-        room = self._head_cap - len(self._head)
-        if room > 0:
-            self._head += data[:room]
-            data = data[room:]
-        if not data or self._tail_cap <= 0:
-            return
-        if len(data) >= self._tail_cap:
-            self._tail.clear()
-            data = bytes(data[-self._tail_cap :])
-            self._tail_size = 0
-        self._tail.append(bytes(data))
-        self._tail_size += len(data)
-        while self._tail_size - len(self._tail[0]) >= self._tail_cap:
-            self._tail_size -= len(self._tail.popleft())
-
-    @property
-    def dropped(self) -> int:
-        kept_tail = min(self._tail_size, self._tail_cap)
-        return self.total - len(self._head) - kept_tail
-
-    def _tail_bytes(self) -> bytes:
-        return b"".join(self._tail)[-self._tail_cap :] if self._tail_cap > 0 else b""
-
-    def getvalue(self) -> bytes:
-        # Joined in one copy, not one per part: a log is up to the cap.
-        tail: list[bytes | bytearray] = list(self._tail)
-        excess = self._tail_size - self._tail_cap
-        if tail and excess > 0:
-            tail[0] = tail[0][excess:]
-        if self.dropped:
-            return b"".join((self._head, _marker(self.dropped), *tail))
-        return b"".join((self._head, *tail))
-
-    def since(self, offset: int, final: bool = False, limit: int | None = None) -> tuple[bytes, int]:
-        """
-        The output from byte ``offset`` on, at most ``limit`` bytes of it, as
-        far as it is kept (a marker stands for what the cap dropped), and the
-        offset to continue from.  Unless ``final`` and all of it is taken,
-        an incomplete UTF-8 sequence at the end is held back for next time.
-        """
-        total = self.total
-        self.short = False
-        if offset >= total:
-            return b"", total
-        # What the cap dropped is one marker and does not count in ``limit``.
-        budget = total if limit is None else max(limit, 4)  # at least room for one character
-        head_len = len(self._head)
-        tail_start = total - min(self._tail_size, self._tail_cap)
-        parts = []
-        if offset < head_len:
-            take = min(head_len - offset, budget)
-            parts.append(bytes(self._head[offset : offset + take]))
-            offset += take
-            budget -= take
-        if head_len <= offset < tail_start:
-            parts.append(_marker(tail_start - offset))
-            offset = tail_start
-        if offset < total and budget > 0:
-            take = min(total - offset, budget)
-            parts.append(self._tail_bytes()[offset - tail_start : offset - tail_start + take])
-            offset += take
-        data = b"".join(parts)
-        self.short = offset < total
-        if not final or self.short:
-            held = _incomplete_utf8_suffix(data)
-            if held:
-                return data[:-held], offset - held
-        return data, offset
-
-    def text(self) -> str:
-        return self.getvalue().decode("utf-8", "replace")
-
-    def until(self, end: int) -> bytes:
-        """The output before byte ``end``, as far as it is kept (a marker stands for what the cap dropped)."""
-        end = min(end, self.total)
-        head_len = len(self._head)
-        if end <= head_len:
-            return bytes(self._head[:end])
-        tail_start = self.total - min(self._tail_size, self._tail_cap)
-        parts = [bytes(self._head)]
-        if tail_start > head_len:
-            parts.append(_marker(min(end, tail_start) - head_len))
-        if end > tail_start:
-            parts.append(self._tail_bytes()[: end - tail_start])
-        return b"".join(parts)
-
-
-def _marker(dropped: int) -> bytes:
-    return f"\n[sysadm-dispatch: {dropped} bytes of output dropped here]\n".encode()
-
-
-def _incomplete_utf8_suffix(data: bytes) -> int:
-    """How many bytes at the end of ``data`` begin a UTF-8 character not yet complete."""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if byte & 0xC0 != 0x80:  # a lead byte (or ASCII)
-            need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
-            return back if need > back else 0
-    return 0
-
 
 #: Recent seconds already formatted by ``iso_time``: a busy server formats
 #: the same few seconds for every record it builds.
@@ -403,12 +73,16 @@ class Job:
         self.commands_told = 0
         #: Whether the last update left output for the next (see ``running_update``).
         self.cut = False
-        self.killed = False
+        #: How it ended: set once, by ``finish``.
+        self.outcome: Outcome | None = None
+        #: The first request to end it, if any: while it winds down, and
+        #: for a pending job until it finishes, the job shows as ``killed``.
+        self.kill_request: KillRequest | None = None
         #: Who ended it: a user's name, ``timeout`` or ``shutdown``; None
         #: while nobody has.
         self.killed_by: str | None = None
-        self.timed_out = False
-        self.interrupted = False
+        #: What the run reported at the end: the signal that ended the last
+        #: command, and whether anything of the job needed SIGKILL.
         self.signal: str | None = None
         self.escalated = False
         #: Seconds this job may run: its own ``timeout``, or the server's
@@ -444,14 +118,26 @@ class Job:
         index = self.current_index
         return None if index is None else self.spec.commands[index]
 
+    # How it ended: derived from the one outcome (and, until the job has one,
+    # from the kill request).
+
     @property
     def success(self) -> bool:
-        return (
-            self.state == FINISHED
-            and not (self.killed or self.timed_out or self.interrupted)
-            and len(self.return_codes) == len(self.spec.commands)
-            and all(rc == 0 for rc in self.return_codes)
-        )
+        return self.outcome is Outcome.SUCCEEDED
+
+    @property
+    def killed(self) -> bool:
+        if self.outcome is None:
+            return self.kill_request is not None
+        return self.outcome is Outcome.KILLED
+
+    @property
+    def timed_out(self) -> bool:
+        return self.outcome is Outcome.TIMED_OUT
+
+    @property
+    def interrupted(self) -> bool:
+        return self.outcome is Outcome.INTERRUPTED
 
     # Life cycle, driven by the dispatcher and the runner.
 
@@ -469,10 +155,25 @@ class Job:
     def end_command(self, exit_code: int) -> None:
         self.return_codes.append(exit_code)
 
-    def finish(self, now: float) -> None:
-        assert self.state != FINISHED, self.state
+    def request_kill(self, by: str | None, *, shutdown: bool = False) -> bool:
+        """Note a request to end the job; False if an earlier one (or its end) came first."""
+        if self.kill_request is not None or self.outcome is not None:
+            return False
+        self.kill_request = KillRequest(by, shutdown)
+        self.killed_by = by
+        return True
+
+    def finish(self, now: float, outcome: Outcome, *, signal: str | None = None, escalated: bool = False) -> None:
+        """The job is over: how it ended is set here, once."""
+        if self.outcome is not None or self.state == FINISHED:
+            raise RuntimeError(f"job {self.id!r} already finished ({self.outcome})")
         self.state = FINISHED
         self.time_finished = now
+        self.outcome = outcome
+        self.signal = signal
+        self.escalated = escalated
+        if outcome is Outcome.TIMED_OUT:
+            self.killed_by = "timeout"
 
     # Views.
 

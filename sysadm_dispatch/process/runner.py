@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from ..core.job import Job
 from .procs import Command, JobTree, ProcessTracker, tracker_for
+from .result import RunResult, Stopped
 from .spawn import SpawnError
 
 log = Logger()
@@ -64,10 +65,11 @@ def stop_orphans(reactor: Any, grace: float) -> Deferred[None]:
 
 class JobRunner:
     """
-    Runs the commands of one job.  ``done`` fires with the job once every
-    process of it is gone; the runner records exit codes and how the job
-    ended on the job itself (``killed``, ``timed_out``, ``signal``,
-    ``escalated``), and leaves its state to the dispatcher.
+    Runs the commands of one job.  ``done`` fires with a ``RunResult``
+    (why it stopped the job, if it did; the last signal; whether SIGKILL
+    was needed) once every process of it is gone; the runner records exit
+    codes and output on the job, and leaves its state and outcome to the
+    dispatcher.
 
     The job ends when its last command has exited (or one failed, or it was
     killed or timed out); processes it left running then are stopped the
@@ -90,7 +92,7 @@ class JobRunner:
         self.on_output = on_output
         self.processes = processes if processes is not None else tracker_for(reactor)
         self.env = {**environ, **job.spec.env}
-        self.done: Deferred[Job] = Deferred()
+        self.done: Deferred[RunResult] = Deferred()
         self.tree: JobTree | None = None
         #: The command running now (its leader has not exited yet).
         self._command: Command | None = None
@@ -106,6 +108,9 @@ class JobRunner:
         self._finished = False
         self._poll_delay = POLL_FIRST_SECONDS
         self._timers: dict[str, Any] = {}
+        self._stopped: Stopped | None = None
+        self._signal: str | None = None
+        self._needed_kill = False
 
     @property
     def pid(self) -> int | None:
@@ -134,7 +139,7 @@ class JobRunner:
 
     # Running.
 
-    def start(self) -> Deferred[Job]:
+    def start(self) -> Deferred[RunResult]:
         self.tree = self.processes.new_tree()
         timeout = self.job.timeout
         if timeout:
@@ -209,7 +214,7 @@ class JobRunner:
         if status is None:
             self._note(len(self.job.logs) - 1, "the command's exit status was lost (reaped elsewhere)")
         # The signal that ended the job is the one that ended its last command.
-        self.job.signal = name
+        self._signal = name
         self.job.end_command(code)
         if self._stopping:
             self._check_stopped()
@@ -234,11 +239,8 @@ class JobRunner:
         """
         if self._finished:
             return
-        if not (self.job.killed or self.job.timed_out):
-            if timed_out:
-                self.job.timed_out = True
-            else:
-                self.job.killed = True
+        if self._stopped is None:
+            self._stopped = "timed_out" if timed_out else "killed"
         if self._ending:
             # Nothing of it is running: only its output was still awaited.
             self._finish()
@@ -249,8 +251,6 @@ class JobRunner:
 
     def _timed_out(self) -> None:
         log.info("job {job_id}: timed out after {seconds}s", job_id=self.job.id, seconds=self.job.timeout)
-        if not (self.job.killed or self.job.timed_out):
-            self.job.killed_by = "timeout"
         self.kill(timed_out=True)
 
     def _begin_stop(self) -> None:
@@ -300,8 +300,8 @@ class JobRunner:
         self._later("give_up", AFTER_KILL_SECONDS, self._give_up)
 
     def _escalated(self) -> None:
-        if not self.job.escalated:
-            self.job.escalated = True
+        if not self._needed_kill:
+            self._needed_kill = True
             log.info("job {job_id}: still alive {grace}s after SIGTERM, sending SIGKILL", job_id=self.job.id,
                      grace=self.kill_grace)
 
@@ -366,4 +366,4 @@ class JobRunner:
         self._commands = []
         if self.tree is not None:
             self.processes.forget(self.tree)
-        self.done.callback(self.job)
+        self.done.callback(RunResult(self._stopped, self._signal, self._needed_kill))

@@ -93,7 +93,7 @@ async def test_a_version_1_store_is_migrated_and_its_jobs_and_history_kept(tmp_p
     path = str(tmp_path / "old.sqlite3")
     conn = sqlite3.connect(path, isolation_level=None)
     assert migrate(conn, MIGRATIONS[:1]) == 1
-    from sysadm_dispatch.core.job import specs_from_run_args
+    from sysadm_dispatch.core.spec import specs_from_run_args
 
     [old] = specs_from_run_args({"jobs": [{"id": "old-pending", "commands": "true"}]}, ["no_queue"])
     conn.execute("INSERT INTO active_jobs (job_id, spec, time_queued, time_started) VALUES (?, ?, 1.0, NULL)",

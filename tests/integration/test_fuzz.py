@@ -35,6 +35,7 @@ from sysadm_dispatch.api.router import Router, Session
 from sysadm_dispatch.auth.blocking import LoginGuard
 from sysadm_dispatch.auth.login import FULL, READ, Authenticator, User, UserEntry, UsersFileChecker, write_users
 from sysadm_dispatch.core.dispatcher import Dispatcher
+from sysadm_dispatch.process.result import RunResult
 
 #: Who sends the requests (a blocked address less often: it gets 403 for everything).
 KINDS = ["anonymous", "full", "full", "reader", "reader", "blocked"]
@@ -52,11 +53,7 @@ class FakeRunner:
 
     def kill(self, *, timed_out: bool = False) -> None:
         if not self.done.called:
-            if timed_out:
-                self.job.timed_out = True
-            else:
-                self.job.killed = True
-            self.done.callback(self.job)
+            self.done.callback(RunResult("timed_out" if timed_out else "killed"))
 
 
 class Subscriptions:

@@ -12,7 +12,8 @@ from typing import Any
 import pytest_twisted
 from conftest import Server, WSClient, poll
 
-from sysadm_dispatch.core.job import Job, JobSpec
+from sysadm_dispatch.core.job import Job
+from sysadm_dispatch.core.spec import JobSpec
 
 ensure = pytest_twisted.ensureDeferred
 

@@ -14,7 +14,9 @@ import pytest_twisted
 from conftest import Server, WSClient, with_timeout
 from twisted.internet.defer import Deferred
 
-from sysadm_dispatch.core.job import PENDING, RUNNING, Job, JobSpec
+from sysadm_dispatch.core.job import PENDING, RUNNING, Job
+from sysadm_dispatch.core.outcome import Outcome
+from sysadm_dispatch.core.spec import JobSpec
 
 ensure = pytest_twisted.ensureDeferred
 
@@ -132,5 +134,5 @@ def test_current_cmd_from_start_to_end() -> None:
     job.end_command(3)
     assert job.current_cmd == "b", "the last one run, while the job winds down"
     assert job.record()["success"] is None
-    job.finish(2.0)
+    job.finish(2.0, Outcome.FAILED)
     assert job.current_cmd is None and job.record()["success"] == "false"

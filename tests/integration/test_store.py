@@ -27,8 +27,9 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 
 from sysadm_dispatch import Dispatcher, HistoryPruner, Store, Unavailable
-from sysadm_dispatch.core import dispatcher as dispatcher_module
-from sysadm_dispatch.core.job import DEFAULT_QUEUES, InvalidJob, JobSpec, specs_from_run_args
+from sysadm_dispatch.core import kills as kills_module
+from sysadm_dispatch.core import scheduler as scheduler_module
+from sysadm_dispatch.core.spec import DEFAULT_QUEUES, InvalidJob, JobSpec, specs_from_run_args
 from sysadm_dispatch.store import database as store_module
 from sysadm_dispatch.store.database import MIGRATIONS, SCHEMA_VERSION, StoreError, migrate, open_database
 
@@ -410,7 +411,7 @@ async def test_jobs_are_visible_only_once_recorded(path: str) -> None:
     state: dict[str, Any] = {}
     dispatcher = await start(path, connect=faulty(state))
     try:
-        await poll(lambda: dispatcher._recovered)
+        await poll(lambda: dispatcher.recovered)
         state["gate"] = gate
         d = dispatcher.submit(dispatcher.parse_run({"action": "run", "a": "true"}))
         assert not d.called
@@ -432,11 +433,11 @@ async def test_a_job_that_cannot_be_recorded_is_refused_and_not_queued(path: str
     state: dict[str, Any] = {}
     dispatcher = await start(path, connect=faulty(state))
     try:
-        await poll(lambda: dispatcher._recovered)
+        await poll(lambda: dispatcher.recovered)
         state["full"] = True
         with pytest.raises(Unavailable, match=r"disk is full.*no job of this request was queued"):
             await with_timeout(dispatcher.run("x", "true"))
-        assert dispatcher.list_jobs() == {} and dispatcher._reserved == {}
+        assert dispatcher.list_jobs() == {} and dispatcher.scheduler.reserved == {}
         state["full"] = False
         record = await with_timeout(dispatcher.run("x", "true"))
         assert record["success"] == "true"
@@ -498,7 +499,7 @@ async def test_graceful_stop_interrupts_running_and_keeps_pending(path: str) -> 
 
 @ensure
 async def test_a_start_waits_until_the_store_can_record_it(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dispatcher_module, "START_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(scheduler_module, "START_RETRY_SECONDS", 0.05)
     state: dict[str, Any] = {}
     events: list[dict[str, Any]] = []
     dispatcher = await start(path, events, connect=faulty(state))
@@ -584,7 +585,7 @@ async def test_looking_and_killing_right_after_a_start_see_the_recovered_jobs(pa
 @ensure
 async def test_a_big_run_starts_in_slices_and_a_stop_keeps_the_waiting_ones_pending(path: str) -> None:
     dispatcher = await start(path)
-    per_turn = dispatcher_module.STARTS_PER_TURN
+    per_turn = scheduler_module.STARTS_PER_TURN
     assert per_turn == 32  # as docs/processes.rst says
     jobs = [{"id": f"big{i:03d}", "commands": "sleep 30"} for i in range(per_turn * 3)]
     await with_timeout(dispatcher.submit(dispatcher.parse_run({"action": "run", "jobs": jobs})))
@@ -606,7 +607,7 @@ async def test_a_big_run_starts_in_slices_and_a_stop_keeps_the_waiting_ones_pend
 async def test_killing_many_pending_jobs_finishes_them_in_slices(path: str) -> None:
     events: list[dict[str, Any]] = []
     dispatcher = await start(path, events)
-    per_turn = dispatcher_module.KILLS_PER_TURN
+    per_turn = kills_module.KILLS_PER_TURN
     count = per_turn * 3
     await with_timeout(dispatcher.submit(dispatcher.parse_run({"action": "run", "jobs": [
         {"id": "blocker", "commands": "sleep 30", "queue": "pkg_queue"},

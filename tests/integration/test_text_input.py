@@ -16,7 +16,7 @@ from conftest import Server, WSClient, poll, with_timeout
 from twisted.internet.defer import Deferred
 
 from sysadm_dispatch.api.router import RPCError, decode_json
-from sysadm_dispatch.core.job import InvalidJob, specs_from_run_args
+from sysadm_dispatch.core.spec import InvalidJob, specs_from_run_args
 
 ensure = pytest_twisted.ensureDeferred
 

@@ -14,7 +14,9 @@ from conftest import PYTHON, Server, WSClient
 from twisted.internet.task import Clock
 
 from sysadm_dispatch.core.dispatcher import Dispatcher
-from sysadm_dispatch.core.job import MAX_UPDATE_BYTES, CappedLog, Job, JobSpec
+from sysadm_dispatch.core.job import MAX_UPDATE_BYTES, Job
+from sysadm_dispatch.core.log import CappedLog
+from sysadm_dispatch.core.spec import JobSpec
 
 ensure = pytest_twisted.ensureDeferred
 

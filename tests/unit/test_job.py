@@ -18,23 +18,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sysadm_dispatch.core import job as job_module
-from sysadm_dispatch.core.job import (
+from sysadm_dispatch.core.job import FINISHED, PENDING, RUNNING, Job, iso_time, positions
+from sysadm_dispatch.core.log import CappedLog
+from sysadm_dispatch.core.outcome import KillRequest, Outcome, decide
+from sysadm_dispatch.core.spec import (
     DEFAULT_QUEUES,
-    FINISHED,
     NO_QUEUE,
-    PENDING,
-    RUNNING,
-    CappedLog,
     InvalidJob,
-    Job,
     JobSpec,
     Limits,
-    iso_time,
     make_job_id,
-    positions,
     specs_from_run_args,
     split_words,
 )
+from sysadm_dispatch.process.result import RunResult
 
 QUEUES = tuple(DEFAULT_QUEUES)
 #: 2016-02-02T13:45:13Z, the time in the protocol's example event.
@@ -345,7 +342,7 @@ def finish_all(job: Job, codes: list[int], outputs: list[bytes] | None = None) -
         log = job.begin_command()
         log.write((outputs or [b""] * len(codes))[index])
         job.end_command(code)
-    job.finish(T0 + 2)
+    job.finish(T0 + 2, decide(len(job.spec.commands), job.return_codes, RunResult(), None))
     return job
 
 
@@ -483,12 +480,13 @@ def test_record_of_a_killed_job() -> None:
     job = make_job()
     job.start(T0)
     job.begin_command()
-    job.killed = True
-    job.signal = "SIGTERM"
-    job.end_command(-15)
-    job.finish(T0 + 1)
+    assert job.request_kill("alice")
+    assert job.record()["killed"] is True and job.record()["killed_by"] == "alice", "asked, while it winds down"
+    job.end_command(143)
+    job.finish(T0 + 1, Outcome.KILLED, signal="SIGTERM")
     record = job.record()
     assert (record["success"], record["killed"], record["signal"]) == ("false", True, "SIGTERM")
+    assert record["killed_by"] == "alice"
 
 
 @pytest.mark.parametrize(
@@ -505,10 +503,21 @@ def test_record_of_a_killed_job() -> None:
     ],
 )
 def test_success_rules(codes: list[int], flag: str | None, success: bool) -> None:
-    job = finish_all(make_job(), codes)
-    if flag:
-        setattr(job, flag, True)
+    result, request = {
+        None: (RunResult(), None),
+        "killed": (RunResult("killed"), KillRequest("alice")),
+        "timed_out": (RunResult("timed_out"), None),
+        "interrupted": (RunResult("killed"), KillRequest("shutdown", shutdown=True)),
+    }[flag]
+    job = make_job()
+    job.start(T0 + 1)
+    for code in codes:
+        job.begin_command()
+        job.end_command(code)
+    job.finish(T0 + 2, decide(len(job.spec.commands), job.return_codes, result, request))
     assert job.success is success
+    flags = {name: job.record()[name] for name in ("killed", "timed_out", "interrupted")}
+    assert flags == {name: name == flag for name in flags}
     assert job.record()["success"] == ("true" if success else "false")
 
 

@@ -15,9 +15,11 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from sysadm_dispatch.core.job import Job, specs_from_run_args
+from sysadm_dispatch.core.job import Job
+from sysadm_dispatch.core.spec import specs_from_run_args
 from sysadm_dispatch.process import runner as runner_module
 from sysadm_dispatch.process.procs import JobTree
+from sysadm_dispatch.process.result import RunResult
 from sysadm_dispatch.process.runner import (
     AFTER_KILL_SECONDS,
     LINGER_SECONDS,
@@ -107,8 +109,20 @@ class FakeProcesses:
         return [self.answer(alive) for _ in range(len(self.sweeps))]
 
 
+class Ended:
+    """A finished run as the tests read it: the job's exit codes and logs, and the runner's ``RunResult``."""
+
+    def __init__(self, job: Job, result: RunResult) -> None:
+        self.return_codes = job.return_codes
+        self.logs = job.logs
+        self.killed = result.stopped == "killed"
+        self.timed_out = result.stopped == "timed_out"
+        self.signal = result.signal
+        self.escalated = result.escalated
+
+
 def make(commands: list[str] | str = "sleep 300", timeout: float | None = None) -> tuple[Clock, FakeProcesses,
-                                                                                        JobRunner, list[Job]]:
+                                                                                        JobRunner, list[Ended]]:
     clock = Clock()
     processes = FakeProcesses()
     [spec] = specs_from_run_args({"jobs": [{"id": "j", "commands": commands}]}, ["no_queue"])
@@ -116,8 +130,8 @@ def make(commands: list[str] | str = "sleep 300", timeout: float | None = None) 
     job.timeout = timeout
     job.start(0.0)
     runner = JobRunner(clock, job, environ={}, kill_grace=GRACE, processes=processes)  # type: ignore[arg-type]
-    done: list[Job] = []
-    runner.start().addCallback(done.append)
+    done: list[Ended] = []
+    runner.start().addCallback(lambda result: done.append(Ended(job, result)))
     return clock, processes, runner, done
 
 
@@ -149,9 +163,9 @@ def test_term_ignored_gets_kill_after_exactly_the_grace() -> None:
     runner.kill()
     processes.answer(1)
     clock.advance(GRACE - 0.001)
-    assert processes.sweeps == [] and not runner.job.escalated
+    assert processes.sweeps == [] and not runner._needed_kill
     clock.advance(0.001)
-    assert runner.job.escalated  # the leader was still running
+    assert runner._needed_kill  # the leader was still running
     assert processes.answer(1) == signal.SIGKILL
     command.on_exit(killed_by(signal.SIGKILL))
     assert processes.answer(0) == signal.SIGKILL  # a straggler found after SIGKILL gets it too
@@ -176,7 +190,7 @@ def test_leftover_that_ignores_term_is_polled_with_backoff_then_killed() -> None
     assert max(waits) == POLL_MAX_SECONDS
     # The grace is over: SIGKILL, and whatever answered it was needed.
     signals = processes.answer_all(1)
-    assert signal.SIGKILL in signals and runner.job.escalated
+    assert signal.SIGKILL in signals and runner._needed_kill
     while not done:
         clock.advance(POLL_MAX_SECONDS)
         processes.answer_all(0)

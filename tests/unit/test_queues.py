@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from sysadm_dispatch.core.job import FINISHED, Job, JobSpec, positions
+from sysadm_dispatch.core.job import FINISHED, Job, positions
+from sysadm_dispatch.core.outcome import Outcome
 from sysadm_dispatch.core.queues import Queue
+from sysadm_dispatch.core.spec import JobSpec
 
 T0 = 1454420713.0
 
@@ -42,7 +44,7 @@ def start_all(queue: Queue) -> list[str]:
 
 
 def finish(queue: Queue, j: Job) -> None:
-    j.finish(T0)
+    j.finish(T0, Outcome.SUCCEEDED)
     queue.remove(j)
 
 
@@ -109,7 +111,7 @@ def test_removing_a_pending_job_renumbers() -> None:
     a, b, c, d = fill(queue, "a", "b", "c", "d")
     start_all(queue)
     # Killing a pending job: it leaves the queue and never starts.
-    c.finish(T0)
+    c.finish(T0, Outcome.KILLED)
     queue.remove(c)
     assert numbering(queue) == [("a", "0"), ("b", "1"), ("d", "2")]
     finish(queue, a)
