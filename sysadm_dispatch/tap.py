@@ -35,7 +35,9 @@ from .ops.metrics import DispatchMetrics
 from .ops.sdnotify import NotifyService, ReloadService, take_notify_socket
 from .ops.serverlog import FORMATS, ServerLog
 from .process.procs import SubreaperService
-from .store.database import HistoryPruner, Store, StoreError
+from .store.database import Store
+from .store.records import StoreError
+from .store.retention import HistoryPruner
 from .transports.dashboard import DashboardRoot
 from .transports.limits import calm_accept
 from .transports.rest import RestAPI

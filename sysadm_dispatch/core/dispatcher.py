@@ -17,7 +17,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..process.runner import JobRunner, stop_orphans
-from ..store.database import HistoryPage, Opened, Store, StoreError
+from ..store.database import Store
+from ..store.records import HistoryPage, Opened, StoreError
 from .events import EventHub
 from .job import (
     DEFAULT_QUEUES,
@@ -674,7 +675,7 @@ class Dispatcher(Service):
         now = self.reactor.seconds()
         requeued = 0
         for stored in opened.jobs:
-            job = Job(stored.spec, self.log_cap_bytes, stored.time_queued)
+            job = Job(JobSpec(**stored.spec_fields), self.log_cap_bytes, stored.time_queued)
             if stored.time_started is not None:
                 job.start(stored.time_started)
                 log.warn("job {job_id} was running when the server stopped without finishing it: "
