@@ -9,7 +9,8 @@ from typing import Any
 from twisted.web.resource import IResource
 
 from .api.router import Router
-from .auth.login import Authenticator, UsersFileChecker
+from .auth.checker import UsersFileChecker
+from .auth.login import Authenticator
 from .core.dispatcher import Dispatcher
 from .transports.rest import RestAPI
 from .transports.websocket import DispatchServerFactory

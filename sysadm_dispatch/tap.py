@@ -19,16 +19,10 @@ from twisted.python.threadpool import ThreadPool
 
 from .api.router import Router
 from .auth.blocking import LoginGuard
-from .auth.login import (
-    Authenticator,
-    UsersFileChecker,
-    UsersFileError,
-    check_private,
-    default_state_dir,
-    ensure_users_file,
-    map_big_blocks,
-)
+from .auth.checker import UsersFileChecker
+from .auth.login import Authenticator
 from .auth.pam import SystemAuthError, SystemChecker
+from .auth.users import UsersFileError, check_private, default_state_dir, ensure_users_file, map_big_blocks
 from .core.dispatcher import Dispatcher
 from .core.job import DEFAULT_QUEUES, Limits
 from .ops.metrics import DispatchMetrics

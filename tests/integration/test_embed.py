@@ -18,7 +18,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 
 from sysadm_dispatch import Dispatcher, InvalidJob, make_rest_resource, make_router, make_websocket_factory
-from sysadm_dispatch.auth.login import FULL, UserEntry, hash_password, write_users
+from sysadm_dispatch.auth.users import FULL, UserEntry, hash_password, write_users
 
 EXAMPLE = os.path.join(REPO, "docs", "examples", "embed.py")
 

@@ -204,6 +204,25 @@ async def test_closing_writes_the_waiting_finished_records(path: str) -> None:
 
 
 @ensure
+async def test_the_writer_thread_runs_from_open_to_close_and_then_is_gone(path: str) -> None:
+    def writers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if f"store {path}" in t.name]
+
+    store = Store(path, reactor)
+    assert writers() == [] and not store._writer.pool.started
+    await with_timeout(store.open())
+    [thread] = writers()
+    assert thread.daemon, "a store never closed does not hold the process at exit"
+    queued = [store.add([(spec(f"q{i}"), float(i), None)]) for i in range(50)]
+    reads = [store.latest(f"q{i}") for i in range(50)]
+    await with_timeout(store.close())
+    assert all(d.called for d in queued + reads), "close finishes every request queued before it"
+    assert not store._writer.pool.started and not thread.is_alive() and writers() == []
+    with pytest.raises(StoreError, match="closed"):
+        await store.probe()
+
+
+@ensure
 async def test_one_bad_request_does_not_fail_the_others_in_its_commit(path: str) -> None:
     store, _ = await open_store(path)
     good = store.add([(spec("good"), 1.0, None)])
