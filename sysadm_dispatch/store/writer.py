@@ -6,9 +6,8 @@ Requests queue on the reactor thread.  One pass on the pool thread takes
 every request waiting (``max_batch`` at most): consecutive writes share
 one transaction and one commit, reads run alone, and the results come
 back as the pass's Deferred, on the reactor thread, where each request's
-own Deferred fires.  While a pass runs, new requests wait for the next;
-the next pass starts as soon as one ends, before the results of the one
-that ended are delivered, so the thread never waits for the reactor.
+own Deferred fires.  New requests wait while a pass runs and while its
+results are delivered; then the next pass takes them all.
 """
 
 from __future__ import annotations
@@ -117,18 +116,22 @@ class Writer:
         d.addCallbacks(self._passed, self._broken, errbackArgs=(calls,))
 
     def _passed(self, result: PassResult) -> None:
-        self._passing = False
-        if self._calls:
-            self._next_pass()
-        elif self._last is not None:
-            # The last request's pass ended: the thread is idle, and stays so.
+        if self._last is not None and not self._calls:
+            # This pass held the last request: the thread is idle, and stays
+            # so; it is gone before the last request's Deferred fires.
             self.pool.stop()
+        # Requests made while the results are delivered (a client's next
+        # one, as its reply goes out) wait to join the next pass with those
+        # that queued while this one ran: one commit for them all.
         self._observe(result)
         for d, outcome in result[0]:
             if isinstance(outcome, Failure):
                 d.errback(outcome)
             else:
                 d.callback(outcome)
+        self._passing = False
+        if self._calls:
+            self._next_pass()
 
     def _broken(self, failure: Failure, calls: list[_Call]) -> None:
         # A bug in the writer itself: every request of the pass fails with it.
