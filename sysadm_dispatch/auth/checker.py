@@ -134,11 +134,26 @@ _DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAA
 
 class UsersFileWatch(TimerService):
     """
-    Looks at the users file every ``poll_seconds`` of ``clock`` (once at
-    start too) and has the checker read it again when it changed; stopping
-    waits for a look under way.
+    Looks at the users file every ``poll_seconds`` of ``clock`` and has
+    the checker read it again when it changed; stopping waits for a look
+    under way.  The first look is one interval after the start: the file
+    was just read (``UsersFileChecker.load``).
     """
 
     def __init__(self, checker: UsersFileChecker, clock: ThreadsClock, poll_seconds: float) -> None:
-        super().__init__(poll_seconds, checker.check_changed)
+        super().__init__(poll_seconds, self._look)
         self.clock = clock
+        self.checker = checker
+        self._started_now = False
+
+    def startService(self) -> None:
+        self._started_now = True
+        super().startService()
+
+    def _look(self) -> Deferred[None] | None:
+        if self._started_now:
+            # (TimerService calls at once when it starts.)
+            self._started_now = False
+            return None
+        d: Deferred[None] = self.checker.check_changed()
+        return d

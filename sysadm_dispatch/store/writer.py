@@ -1,13 +1,16 @@
 """
-The store's writer: one thread (a one-thread ``ThreadPool``) that runs
-every SQLite call of one store, in the order asked.
+The store's writer: one thread of its own that runs every SQLite call of
+one store, in the order asked.
 
-Requests queue on the reactor thread.  One pass on the pool thread takes
-every request waiting (``max_batch`` at most): consecutive writes share
-one transaction and one commit, reads run alone, and the results come
-back as the pass's Deferred, on the reactor thread, where each request's
-own Deferred fires.  New requests wait while a pass runs and while its
-results are delivered; then the next pass takes them all.
+Requests queue under a lock.  One pass on the thread takes every request
+waiting (``max_batch`` at most): consecutive writes share one transaction
+and one commit, reads run alone, and the results go back to the reactor
+thread in one call, where each request's Deferred fires.  Requests made
+meanwhile wait for the next pass, which starts as soon as this one ends.
+
+(Not a one-thread ``twisted.python.threadpool.ThreadPool``: measured,
+its hand-off cut the rate of requests made one at a time by about a
+third; see docs/benchmarks.rst, "The store's writer thread".)
 """
 
 from __future__ import annotations
@@ -17,13 +20,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from .records import StoreError
 from .tables import Tables
@@ -44,8 +44,7 @@ class DelayedCall(Protocol):
 class StoreReactor(Protocol):
     """
     What the store uses of its reactor: ``seconds`` and ``callLater``
-    (``IReactorTime``) and ``callFromThread`` (``IReactorFromThreads``, by
-    way of ``deferToThreadPool``).
+    (``IReactorTime``) and ``callFromThread`` (``IReactorThreads``).
     """
 
     def seconds(self) -> float: ...
@@ -65,14 +64,9 @@ class _Call:
         self.deferred: Deferred[Any] = Deferred()
 
 
-def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
-    # A store its program never closed must not keep the process from exiting.
-    return threading.Thread(*args, daemon=True, **kwargs)
-
-
 class Writer:
     """
-    Runs the requests of one store on a one-thread pool, in order.
+    Runs the requests of one store on a thread of its own, in order.
     ``observe`` is called on the reactor thread with each pass's results
     and commit times, before the requests' Deferreds fire.
     """
@@ -82,62 +76,55 @@ class Writer:
         self.reactor = reactor
         self.tables = tables
         self.max_batch = max_batch
-        self.pool = ThreadPool(minthreads=1, maxthreads=1, name=f"store {tables.path}")
-        self.pool.threadFactory = _daemon_thread  # type: ignore[assignment]
         self._observe = observe
         self._calls: deque[_Call] = deque()
-        self._passing = False
+        self._wake = threading.Condition()
         self._last: _Call | None = None
+        #: The writer thread, from ``start`` until it has run the last request.
+        #: (A daemon: a store its program never closed does not hold the process at exit.)
+        self.thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.pool.start()
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._loop, name=f"store {self.tables.path}", daemon=True)
+            self.thread.start()
 
     def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], *, write: bool,
                last: bool = False) -> Deferred[Any]:
         """
         Queue a request; its Deferred fires with what ``fn`` returns on the
-        pool thread.  After the ``last`` request, the pool stops (once its
-        result is delivered) and nothing more may be submitted.
+        writer thread.  After the ``last`` request, the thread ends and
+        nothing more may be submitted.
         """
         if self._last is not None:
             raise RuntimeError("the store's writer has stopped")
         call = _Call(fn, args, write)
         if last:
             self._last = call
-        self._calls.append(call)
-        if not self._passing:
-            self._next_pass()
+        with self._wake:
+            self._calls.append(call)
+            self._wake.notify()
         return call.deferred
 
-    def _next_pass(self) -> None:
-        calls = [self._calls.popleft() for _ in range(min(len(self._calls), self.max_batch))]
-        self._passing = True
-        d = deferToThreadPool(cast(IReactorFromThreads, self.reactor), self.pool, self._run, calls)
-        d.addCallbacks(self._passed, self._broken, errbackArgs=(calls,))
-
-    def _passed(self, result: PassResult) -> None:
-        if self._last is not None and not self._calls:
-            # This pass held the last request: the thread is idle, and stays
-            # so; it is gone before the last request's Deferred fires.
-            self.pool.stop()
-        # Requests made while the results are delivered (a client's next
-        # one, as its reply goes out) wait to join the next pass with those
-        # that queued while this one ran: one commit for them all.
+    def _delivered(self, result: PassResult) -> None:
         self._observe(result)
         for d, outcome in result[0]:
             if isinstance(outcome, Failure):
                 d.errback(outcome)
             else:
                 d.callback(outcome)
-        self._passing = False
-        if self._calls:
-            self._next_pass()
 
-    def _broken(self, failure: Failure, calls: list[_Call]) -> None:
-        # A bug in the writer itself: every request of the pass fails with it.
-        self._passed(([(call.deferred, failure) for call in calls], []))
+    # On the writer thread.
 
-    # On the pool thread.
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._calls:
+                    self._wake.wait()
+                calls = [self._calls.popleft() for _ in range(min(len(self._calls), self.max_batch))]
+            self.reactor.callFromThread(self._delivered, self._run(calls))
+            if any(call is self._last for call in calls):
+                return
 
     def _run(self, calls: list[_Call]) -> PassResult:
         results: list[tuple[Deferred[Any], Any]] = []

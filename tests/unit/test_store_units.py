@@ -1,7 +1,7 @@
 """
 The job store's parts on their own: the schema files and how they are read,
-the writer's passes (on a ``Clock`` with a thread pool that runs the work at
-once), and the history pruner as a timer service.  The store against a real
+the writer's passes (run on the test's thread), and the history pruner as a
+timer service.  The store against a real
 database and a real thread is tests/integration/test_store.py.
 """
 
@@ -12,10 +12,10 @@ from importlib import resources
 from typing import Any
 
 import pytest
-from security_helpers import SyncClock, SyncPool
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from sysadm_dispatch.store.migrations import (
     MIGRATIONS,
@@ -28,7 +28,7 @@ from sysadm_dispatch.store.migrations import (
 from sysadm_dispatch.store.records import StoreError
 from sysadm_dispatch.store.retention import HistoryPruner
 from sysadm_dispatch.store.tables import Tables
-from sysadm_dispatch.store.writer import PassResult, Writer
+from sysadm_dispatch.store.writer import Writer, _Call
 
 # The schema files.
 
@@ -68,7 +68,7 @@ def test_the_files_make_the_tables_the_store_writes() -> None:
     assert {"history_by_time", "history_by_job"} <= indexes
 
 
-# The writer, on a Clock whose "thread pool" runs each pass at once.
+# The writer's passes, run here on the test's thread.
 
 
 class Counted(Tables):
@@ -96,61 +96,52 @@ class Counted(Tables):
         return opened
 
 
-def sync_writer(tables: Tables, passes: list[PassResult]) -> tuple[Writer, SyncPool]:
-    writer = Writer(SyncClock(), tables, observe=passes.append)
-    pool = SyncPool()
-    writer.pool = pool  # type: ignore[assignment]
-    return writer, pool
+def one_pass(writer: Writer, calls: list[_Call]) -> list[Any]:
+    """Run one pass as the writer thread would, and deliver it; each request's result or Failure."""
+    writer._delivered(writer._run(calls))
+    out: list[Any] = []
+    for call in calls:
+        call.deferred.addBoth(out.append)
+    return out
 
 
 def test_consecutive_writes_share_one_transaction_and_reads_run_alone() -> None:
     tables, passes = Counted(), []
-    writer, pool = sync_writer(tables, passes)
-    writer._passing = True  # hold the passes: requests wait together, as behind a slow commit
-    opened = writer.submit(tables.open, (0.0,), write=False)
+    writer = Writer(Clock(), tables, observe=passes.append)  # type: ignore[arg-type]
     rows = [(f"j{i}", "{}", 1.0, None, None) for i in range(3)]
-    adds = [writer.submit(tables.add, ([row],), write=True) for row in rows]
-    read = writer.submit(tables.latest, ("j0",), write=False)
-    last = writer.submit(tables.mark, ("j1", 2.0), write=True)
-    writer._passing = False
-    writer._next_pass()
-    assert pool.calls == 1
-    assert [d.called for d in (opened, *adds, read, last)] == [True] * 6
+    calls = [_Call(tables.open, (0.0,), False), *[_Call(tables.add, ([row],), True) for row in rows],
+             _Call(tables.latest, ("j0",), False), _Call(tables.mark, ("j1", 2.0), True)]
+    results = one_pass(writer, calls)
+    assert len(results) == 6 and not any(isinstance(r, Failure) for r in results)
     assert tables.begun == 2, "the three adds in one transaction, the mark in another"
-    assert len(passes[0][1]) == 2, "one commit time per transaction"
+    assert len(passes) == 1 and len(passes[0][1]) == 2, "one commit time per transaction"
 
 
 def test_a_failing_write_fails_alone_and_the_others_commit() -> None:
-    tables, passes = Counted(), []
-    writer, _ = sync_writer(tables, passes)
-    writer.submit(tables.open, (0.0,), write=False)
-    writer._passing = True
-    good = writer.submit(tables.add, ([("a", "{}", 1.0, None, None)],), write=True)
-    bad = writer.submit(tables.add, ([("b", None, 1.0, None, None)],), write=True)  # spec NOT NULL
-    writer._passing = False
-    writer._next_pass()
-    assert good.result is None
-    bad.addErrback(lambda f: f.trap(StoreError) and None)
+    tables = Counted()
+    writer = Writer(Clock(), tables, observe=lambda _: None)  # type: ignore[arg-type]
+    one_pass(writer, [_Call(tables.open, (0.0,), False)])
+    good, bad = _Call(tables.add, ([("a", "{}", 1.0, None, None)],), True), \
+        _Call(tables.add, ([("b", None, 1.0, None, None)],), True)  # spec is NOT NULL
+    results = one_pass(writer, [good, bad])
+    assert results[0] is None
+    assert isinstance(results[1], Failure) and results[1].check(StoreError)
     assert tables.conn is not None
     assert [r[0] for r in tables.conn.execute("SELECT job_id FROM active_jobs")] == ["a"]
 
 
 def test_a_write_without_a_connection_fails_with_why() -> None:
-    tables, passes = Tables(":memory:", connect), []
-    writer, _ = sync_writer(tables, passes)
-    failures: list[Any] = []
-    writer.submit(tables.probe, (), write=True).addErrback(failures.append)
-    assert failures[0].check(StoreError) and "not open" in failures[0].getErrorMessage()
+    tables = Tables(":memory:", connect)
+    writer = Writer(Clock(), tables, observe=lambda _: None)  # type: ignore[arg-type]
+    [result] = one_pass(writer, [_Call(tables.probe, (), True)])
+    assert isinstance(result, Failure) and result.check(StoreError)
+    assert "not open" in result.getErrorMessage()
 
 
-def test_after_the_last_request_the_pool_stops_and_takes_no_more() -> None:
-    tables, passes = Tables(":memory:", connect), []
-    writer, _ = sync_writer(tables, passes)
-    stopped: list[bool] = []
-    writer.pool.stop = lambda: stopped.append(True)  # type: ignore[method-assign]
-    writer.submit(tables.open, (0.0,), write=False)
+def test_nothing_is_taken_after_the_last_request() -> None:
+    tables = Tables(":memory:", connect)
+    writer = Writer(Clock(), tables, observe=lambda _: None)  # type: ignore[arg-type]
     writer.submit(tables.close, (), write=False, last=True)
-    assert stopped == [True]
     with pytest.raises(RuntimeError, match="stopped"):
         writer.submit(tables.probe, (), write=True)
 
