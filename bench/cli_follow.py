@@ -125,7 +125,7 @@ def measure_starts(ws_port: int, rest_port: int, starts: int) -> dict[str, float
         "python_pass_ms": [sys.executable, "-c", "pass"],
         # What the client imports to run ``list``: the floor of its start-up.
         "imports_ms": [sys.executable, "-c", "import twisted.internet.reactor, sysadm_dispatch.cli, "
-                       "sysadm_dispatch.client.commands, sysadm_dispatch.client.connection, sysadm_dispatch.auth.login"],
+                       "sysadm_dispatch.client.commands, sysadm_dispatch.client.connection, sysadm_dispatch.auth.users"],
     }
     if curl:
         cases["curl_list_ms"] = [curl, "-sf", "-u", f"{USERNAME}:{PASSWORD}", "-X", "PUT", "-d", '{"action": "list"}',

@@ -166,7 +166,7 @@ def make_users(folder: Path) -> Path:
 
 def fill_history(path: Path, jobs: int) -> float:
     """A store holding ``jobs`` finished jobs over the last 30 days; returns the newest finish time."""
-    from sysadm_dispatch.store.database import open_database
+    from sysadm_dispatch.store.migrations import open_database
 
     conn, _ = open_database(str(path), time.time())
     now = time.time()
@@ -294,7 +294,7 @@ def main() -> int:
         conn = sqlite3.connect(db)
         last_id = conn.execute("SELECT job_id FROM history ORDER BY seq DESC LIMIT 1").fetchone()[0]
         conn.close()
-        from sysadm_dispatch.store.database import open_database
+        from sysadm_dispatch.store.migrations import open_database
 
         checks = []
         for _ in range(args.repeat):

@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING
 from .client.main import add_commands, handle
 
 if TYPE_CHECKING:
-    from .auth.login import UserEntry
+    from .auth.users import UserEntry
 
 #: The roles of ``auth.ROLES`` (a test checks they agree).
 ROLES = ("full", "read")
 
 
 def _users_path(args: argparse.Namespace) -> str:
-    from .auth.login import default_state_dir
+    from .auth.users import default_state_dir
 
     return args.users or os.path.join(default_state_dir(), "users")
 
@@ -51,7 +51,7 @@ def _read_password() -> str:
 
 
 def _load(path: str, must_exist: bool) -> dict[str, UserEntry]:
-    from .auth.login import UsersFileError, read_users
+    from .auth.users import UsersFileError, read_users
 
     if not os.path.exists(path):
         if must_exist:
@@ -64,7 +64,7 @@ def _load(path: str, must_exist: bool) -> dict[str, UserEntry]:
 
 
 def user_add(args: argparse.Namespace) -> int:
-    from .auth.login import UserEntry, hash_password, valid_name, write_users
+    from .auth.users import UserEntry, hash_password, valid_name, write_users
 
     if not valid_name(args.name):
         raise SystemExit(f"sysadm-dispatch: {args.name!r} is not a valid user name "
@@ -80,7 +80,7 @@ def user_add(args: argparse.Namespace) -> int:
 
 
 def user_remove(args: argparse.Namespace) -> int:
-    from .auth.login import write_users
+    from .auth.users import write_users
 
     path = _users_path(args)
     users = _load(path, must_exist=True)

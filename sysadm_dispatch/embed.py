@@ -14,7 +14,7 @@ from __future__ import annotations
 from twisted.web.resource import IResource
 
 from .api.router import Router
-from .auth.login import UsersFileChecker
+from .auth.checker import UsersFileChecker
 from .config import ServerConfig
 from .core.dispatcher import Dispatcher
 from .server import login_guard, make_authenticator, rest_api, websocket_factory

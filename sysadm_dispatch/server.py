@@ -27,15 +27,10 @@ from twisted.web.server import Site
 
 from .api.router import Router
 from .auth.blocking import LoginGuard
-from .auth.login import (
-    Authenticator,
-    UsersFileChecker,
-    UsersFileError,
-    check_private,
-    ensure_users_file,
-    map_big_blocks,
-)
+from .auth.checker import UsersFileChecker
+from .auth.login import Authenticator
 from .auth.pam import SystemAuthError, SystemChecker
+from .auth.users import UsersFileError, check_private, ensure_users_file, map_big_blocks
 from .config import ServerConfig
 from .core.dispatcher import Dispatcher
 from .core.spec import Limits
@@ -43,7 +38,9 @@ from .listeners import ListenerService, endpoint, tls_endpoint
 from .ops.metrics import DispatchMetrics
 from .ops.sdnotify import NotifyService, ReloadService, take_notify_socket
 from .process.procs import SubreaperService
-from .store.database import HistoryPruner, Store, StoreError
+from .store.database import Store
+from .store.records import StoreError
+from .store.retention import HistoryPruner
 from .transports.dashboard import DashboardRoot
 from .transports.rest import RestAPI
 from .transports.websocket import DispatchServerFactory, make_websocket_factory

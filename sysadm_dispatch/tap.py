@@ -11,7 +11,7 @@ from typing import Any, cast
 
 from twisted.python import usage
 
-from .auth.login import default_state_dir
+from .auth.users import default_state_dir
 from .config import DEFAULT_REST, DEFAULT_WS, ServerConfig
 from .core.spec import DEFAULT_QUEUES
 from .listeners import tls_endpoint

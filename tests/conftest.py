@@ -22,7 +22,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.web.client import HTTPConnectionPool
 
 from sysadm_dispatch import tap
-from sysadm_dispatch.auth.login import UserEntry, hash_password, read_users, write_users
+from sysadm_dispatch.auth.users import UserEntry, hash_password, read_users, write_users
 
 TIMEOUT = 20.0
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -25,7 +25,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..auth.blocking import AddressBlocked
-from ..auth.login import Authenticator, LoginBusy, LoginFailed, User
+from ..auth.login import Authenticator, LoginBusy
+from ..auth.users import LoginFailed, User
 from ..core.dispatcher import Dispatcher, Unavailable
 from ..core.spec import InvalidJob
 from ..store.history import BadQuery, flat_record, parse_read_logs, read_logs_reply

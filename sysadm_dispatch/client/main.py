@@ -151,7 +151,7 @@ def prompt_password(message: str) -> str:
 
 def server_state_dir() -> str:
     """The server's default state directory, as the server itself computes it."""
-    from ..auth.login import default_state_dir
+    from ..auth.users import default_state_dir
 
     return default_state_dir()
 

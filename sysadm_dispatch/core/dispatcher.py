@@ -18,7 +18,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..process.runner import JobRunner, stop_orphans
-from ..store.database import HistoryPage, Store
+from ..store.database import Store
+from ..store.records import HistoryPage
 from .events import EventHub
 from .job import FINISHED, PENDING, Job
 from .journal import Journal, Unavailable

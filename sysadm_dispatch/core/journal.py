@@ -15,7 +15,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..store.database import HistoryPage, Opened, Store, StoreError
+from ..store.database import Store
+from ..store.records import HistoryPage, Opened, StoreError
 from .job import Job
 from .spec import JobSpec
 
@@ -86,7 +87,7 @@ class Journal:
         requeued: list[Job] = []
         lost: list[Job] = []
         for stored in opened.jobs:
-            job = Job(stored.spec, log_cap, stored.time_queued)
+            job = Job(JobSpec(**stored.spec_fields), log_cap, stored.time_queued)
             if stored.time_started is not None:
                 job.start(stored.time_started)
                 log.warn("job {job_id} was running when the server stopped without finishing it: "

@@ -25,7 +25,8 @@ from werkzeug.exceptions import NotFound
 
 from ..api.router import PUBLIC, Router, RPCError, Session, error_reply, settled
 from ..auth.blocking import AddressBlocked
-from ..auth.login import LoginBusy, LoginFailed, User
+from ..auth.login import LoginBusy
+from ..auth.users import LoginFailed, User
 from ..ops.health import HealthCheck
 from .limits import ConnectionCounter, client_address, peer_host
 

@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
 from ..api.router import Router, RPCError, Session, check_message
-from ..auth.login import FULL, READ, User, UsersFileError, check_private
+from ..auth.users import FULL, READ, User, UsersFileError, check_private
 from ..core.events import EventBatch, Subscription
 
 log = Logger()

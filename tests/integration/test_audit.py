@@ -18,7 +18,8 @@ from twisted.internet import reactor
 from twisted.logger import formatEvent
 
 from sysadm_dispatch import Dispatcher, Store
-from sysadm_dispatch.store.database import MIGRATIONS, SCHEMA_VERSION, migrate, spec_to_json
+from sysadm_dispatch.store.migrations import MIGRATIONS, SCHEMA_VERSION, migrate
+from sysadm_dispatch.store.records import spec_to_json
 
 ensure = pytest_twisted.ensureDeferred
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from sysadm_dispatch import cli
-from sysadm_dispatch.auth.login import FULL, READ, UserEntry, read_users, verify_password, write_users
+from sysadm_dispatch.auth.users import FULL, READ, UserEntry, read_users, verify_password, write_users
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE = [sys.executable, "-m", "sysadm_dispatch.cli"]

@@ -16,7 +16,7 @@ from conftest import Server, deferLater, poll, python_env, start_server
 from twistd_helpers import ensure_stopped, free_port, spawn_twistd, wait_port
 from twisted.internet import reactor
 
-from sysadm_dispatch.auth.login import READ
+from sysadm_dispatch.auth.users import READ
 
 ensure = pytest_twisted.ensureDeferred
 

@@ -33,7 +33,7 @@ from sysadm_dispatch import (
     make_server,
     make_websocket_factory,
 )
-from sysadm_dispatch.auth.login import FULL, UserEntry, hash_password, write_users
+from sysadm_dispatch.auth.users import FULL, UserEntry, hash_password, write_users
 
 EXAMPLE = os.path.join(REPO, "docs", "examples", "embed.py")
 

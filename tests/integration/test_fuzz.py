@@ -33,7 +33,9 @@ from twisted.python.failure import Failure
 
 from sysadm_dispatch.api.router import Router, Session
 from sysadm_dispatch.auth.blocking import LoginGuard
-from sysadm_dispatch.auth.login import FULL, READ, Authenticator, User, UserEntry, UsersFileChecker, write_users
+from sysadm_dispatch.auth.checker import UsersFileChecker
+from sysadm_dispatch.auth.login import Authenticator
+from sysadm_dispatch.auth.users import FULL, READ, User, UserEntry, write_users
 from sysadm_dispatch.core.dispatcher import Dispatcher
 from sysadm_dispatch.process.result import RunResult
 

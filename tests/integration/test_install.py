@@ -9,6 +9,7 @@ the build backend comes from the package index, as for a user.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -54,3 +55,42 @@ def test_editable_and_plain_installs_both_expose_the_plugin(tmp_path: Any, order
     for kind in order:
         _install(python, *(["-e", REPO] if kind == "editable" else [REPO]))
         _twistd_lists_the_plugin(python, str(elsewhere))
+
+
+OPEN_A_STORE = """
+import sqlite3, sys
+from twisted.internet import defer, task
+import sysadm_dispatch.store.migrations as migrations
+from sysadm_dispatch import Store
+
+async def main(reactor):
+    store = Store(sys.argv[1], reactor)
+    await store.open()
+    await store.close()
+    tables = sqlite3.connect(sys.argv[1]).execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    print(migrations.__file__, migrations.SCHEMA_VERSION, sorted(row[0] for row in tables))
+
+task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+"""
+
+
+def test_a_plain_install_finds_the_schema_files(tmp_path: Any) -> None:
+    # The schema is package data (setup.cfg): a store opened from an installed
+    # copy, away from the checkout, gets its tables.
+    python = _venv(tmp_path / "venv")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # From a clean copy: a build/ left in the checkout by an earlier install
+    # would supply the files whatever setup.cfg says.
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        "build", "*.egg-info", ".venv", ".git", "__pycache__", ".*_cache", ".hypothesis"))
+    _install(python, str(source))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([python, "-c", OPEN_A_STORE, str(elsewhere / "dispatch.sqlite3")], env=env,
+                          cwd=str(elsewhere), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    where, version, tables = done.stdout.split(" ", 2)
+    assert where.startswith(str(tmp_path / "venv")), where
+    assert version == "2"
+    assert tables.strip() == "['active_jobs', 'history', 'schema_version', 'sqlite_sequence']"

@@ -19,8 +19,8 @@ from conftest import Server, start_server, with_timeout
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from sysadm_dispatch import tap
-from sysadm_dispatch.store.database import HistoryPruner
 from sysadm_dispatch.store.history import history_key
+from sysadm_dispatch.store.retention import HistoryPruner
 
 ensure = pytest_twisted.ensureDeferred
 

@@ -18,7 +18,7 @@ from test_store import spec
 from twisted.internet import reactor
 
 from sysadm_dispatch import tap
-from sysadm_dispatch.auth.login import UserEntry, hash_password, write_users
+from sysadm_dispatch.auth.users import UserEntry, hash_password, write_users
 from sysadm_dispatch.core.dispatcher import Dispatcher
 from sysadm_dispatch.embed import make_router, make_websocket_factory
 from sysadm_dispatch.ops.metrics import COMMIT_BUCKETS, JOB_BUCKETS, Buckets, DispatchMetrics

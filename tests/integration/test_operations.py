@@ -31,7 +31,7 @@ from twisted.internet.defer import gatherResults
 from twisted.web.client import HTTPConnectionPool
 
 from sysadm_dispatch import cli, tap
-from sysadm_dispatch.auth.login import UserEntry, hash_password, read_users, write_users
+from sysadm_dispatch.auth.users import UserEntry, hash_password, read_users, write_users
 from sysadm_dispatch.core.dispatcher import Dispatcher
 from sysadm_dispatch.ops.health import HealthCheck, store_reason
 

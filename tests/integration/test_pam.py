@@ -26,8 +26,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 
 from sysadm_dispatch import tap
-from sysadm_dispatch.auth.login import FULL, READ
 from sysadm_dispatch.auth.pam import SystemAuthError, groups_of, load_pam, role_from_groups
+from sysadm_dispatch.auth.users import FULL, READ
 
 ensure = pytest_twisted.ensureDeferred
 

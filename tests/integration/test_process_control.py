@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.web.client import HTTPConnectionPool
 
-from sysadm_dispatch.auth.login import FULL, UserEntry, hash_password, write_users
+from sysadm_dispatch.auth.users import FULL, UserEntry, hash_password, write_users
 from sysadm_dispatch.process import procs
 from sysadm_dispatch.process.proctable import MARKER, read_stat
 

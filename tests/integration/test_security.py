@@ -32,16 +32,10 @@ from zope.interface import implementer
 from sysadm_dispatch import tap
 from sysadm_dispatch.api.router import RPCError, decode_json
 from sysadm_dispatch.auth.blocking import AddressBlocked, LoginGuard
-from sysadm_dispatch.auth.login import (
-    FULL,
-    Authenticator,
-    LoginFailed,
-    TokenStore,
-    User,
-    UserEntry,
-    UsersFileChecker,
-    write_users,
-)
+from sysadm_dispatch.auth.checker import UsersFileChecker
+from sysadm_dispatch.auth.login import Authenticator
+from sysadm_dispatch.auth.tokens import TokenStore
+from sysadm_dispatch.auth.users import FULL, LoginFailed, User, UserEntry, write_users
 from sysadm_dispatch.transports.limits import (
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,

@@ -1,5 +1,5 @@
 """
-The job store (``sysadm_dispatch.store.database``) and the dispatcher's use of it:
+The job store (``sysadm_dispatch.store``) and the dispatcher's use of it:
 durable acceptance, recovery after a restart, graceful stop, history,
 retention, schema versions, corrupt files and a full disk.
 
@@ -31,7 +31,8 @@ from sysadm_dispatch.core import kills as kills_module
 from sysadm_dispatch.core import scheduler as scheduler_module
 from sysadm_dispatch.core.spec import DEFAULT_QUEUES, InvalidJob, JobSpec, specs_from_run_args
 from sysadm_dispatch.store import database as store_module
-from sysadm_dispatch.store.database import MIGRATIONS, SCHEMA_VERSION, StoreError, migrate, open_database
+from sysadm_dispatch.store.migrations import MIGRATIONS, SCHEMA_VERSION, migrate, open_database
+from sysadm_dispatch.store.records import StoreError
 
 ensure = pytest_twisted.ensureDeferred
 
@@ -93,9 +94,9 @@ async def test_active_jobs_and_history_survive_reopening(path: str) -> None:
     await store.close()
 
     store, opened = await open_store(path)
-    assert [(j.spec, j.time_queued, j.time_started) for j in opened.jobs] == [
+    assert [(JobSpec(**j.spec_fields), j.time_queued, j.time_started) for j in opened.jobs] == [
         (a, 10.0, 13.0), (spec("c", queue="pkg_queue"), 12.0, None)]
-    assert opened.jobs[0].spec.argvs == (("echo", "one two"), ("true",))
+    assert opened.jobs[0].spec_fields["argvs"] == (("echo", "one two"), ("true",))
     assert await store.latest("b") == record("b", success="true")
     assert await store.latest("a") is None
     await store.close()
@@ -108,8 +109,8 @@ async def test_the_connection_is_durable_write_ahead_logged_and_exclusive(path: 
     store, _ = await open_store(path)
 
     def pragmas() -> tuple[Any, ...]:
-        assert store._conn is not None
-        return tuple(store._conn.execute(f"PRAGMA {name}").fetchone()[0]
+        assert store._tables.conn is not None
+        return tuple(store._tables.conn.execute(f"PRAGMA {name}").fetchone()[0]
                      for name in ("journal_mode", "synchronous", "locking_mode"))
 
     journal, synchronous, locking = await with_timeout(store._submit(pragmas, (), write=False))
@@ -131,7 +132,7 @@ async def test_requests_waiting_together_share_one_commit(path: str) -> None:
     assert state["commits"] - before < 20
     await store.close()
     store, opened = await open_store(path)
-    assert [j.spec.id for j in opened.jobs] == [f"j{i}" for i in range(200)]
+    assert [j.spec_fields["id"] for j in opened.jobs] == [f"j{i}" for i in range(200)]
     await store.close()
 
 
@@ -185,7 +186,7 @@ async def test_waiting_finished_records_are_written_before_a_read_or_the_same_id
     await with_timeout(store.add([(spec("y", "echo again"), 4.0, None)]))
     await store.close()
     store, opened = await open_store(path)
-    assert [(j.spec.id, j.spec.commands) for j in opened.jobs] == [("y", ("echo again",))]
+    assert [(j.spec_fields["id"], j.spec_fields["commands"]) for j in opened.jobs] == [("y", ("echo again",))]
     assert await store.latest("y") == record("y", success="true")
     await store.close()
 
@@ -204,6 +205,26 @@ async def test_closing_writes_the_waiting_finished_records(path: str) -> None:
 
 
 @ensure
+async def test_the_writer_thread_runs_from_open_to_close_and_then_is_gone(path: str) -> None:
+    def writers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == f"store {path}"]
+
+    store = Store(path, reactor)
+    assert writers() == []
+    await with_timeout(store.open())
+    [thread] = writers()
+    assert thread.daemon, "a store never closed does not hold the process at exit"
+    queued = [store.add([(spec(f"q{i}"), float(i), None)]) for i in range(50)]
+    reads = [store.latest(f"q{i}") for i in range(50)]
+    await with_timeout(store.close())
+    assert all(d.called for d in queued + reads), "close finishes every request queued before it"
+    await poll(lambda: not thread.is_alive())
+    assert writers() == []
+    with pytest.raises(StoreError, match="closed"):
+        await store.probe()
+
+
+@ensure
 async def test_one_bad_request_does_not_fail_the_others_in_its_commit(path: str) -> None:
     store, _ = await open_store(path)
     good = store.add([(spec("good"), 1.0, None)])
@@ -215,7 +236,7 @@ async def test_one_bad_request_does_not_fail_the_others_in_its_commit(path: str)
     await with_timeout(after)
     await store.close()
     store, opened = await open_store(path)
-    assert [j.spec.id for j in opened.jobs] == ["good", "after"]
+    assert [j.spec_fields["id"] for j in opened.jobs] == ["good", "after"]
     await store.close()
 
 
@@ -230,7 +251,7 @@ async def test_a_full_disk_fails_the_write_and_the_store_carries_on(path: str) -
     await with_timeout(store.add([(spec("kept"), 2.0, None)]))
     await store.close()
     store, opened = await open_store(path)
-    assert [j.spec.id for j in opened.jobs] == ["kept"]
+    assert [j.spec_fields["id"] for j in opened.jobs] == ["kept"]
     await store.close()
 
 
@@ -488,7 +509,7 @@ async def test_graceful_stop_interrupts_running_and_keeps_pending(path: str) -> 
     await with_timeout(dispatcher.stopService())
     await with_timeout(killed)
     store, opened = await open_store(path)
-    assert [j.spec.id for j in opened.jobs] == ["next"]
+    assert [j.spec_fields["id"] for j in opened.jobs] == ["next"]
     busy = await store.latest("busy")
     assert busy["interrupted"] is True and busy["killed"] is False and busy["success"] == "false"
     assert busy["signal"] == "SIGTERM"
@@ -540,11 +561,11 @@ async def test_requests_before_recovery_wait_for_it(path: str) -> None:
 @ensure
 async def test_embedding_with_a_store(tmp_path: Any) -> None:
     path = str(tmp_path / "embedded.sqlite3")
-    dispatcher = Dispatcher(reactor, store=Store(path))
+    dispatcher = Dispatcher(reactor, store=Store(path, reactor))
     dispatcher.startService()
     record = await with_timeout(dispatcher.run("e1", ["echo kept"]))
     await with_timeout(dispatcher.stopService())
-    again = Dispatcher(reactor, store=Store(path))
+    again = Dispatcher(reactor, store=Store(path, reactor))
     again.startService()
     try:
         assert await with_timeout(again.last_record("e1")) == json.loads(json.dumps(record))
@@ -596,7 +617,7 @@ async def test_a_big_run_starts_in_slices_and_a_stop_keeps_the_waiting_ones_pend
     # and are pending again for the next start (they were recorded as started).
     await with_timeout(dispatcher.stopService())
     store, opened = await open_store(path)
-    assert [j.spec.id for j in opened.jobs] == [f"big{i:03d}" for i in range(per_turn, per_turn * 3)]
+    assert [j.spec_fields["id"] for j in opened.jobs] == [f"big{i:03d}" for i in range(per_turn, per_turn * 3)]
     assert all(j.time_started is None for j in opened.jobs)
     first = await store.latest("big000")
     assert first["interrupted"] is True

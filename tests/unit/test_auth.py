@@ -1,5 +1,5 @@
 """
-Unit tests for ``sysadm_dispatch.auth.login``: password hashing, the users file,
+Unit tests for ``sysadm_dispatch.auth`` (users, tokens, checker, login): password hashing, the users file,
 tokens with sliding expiry (on a ``Clock``), the Basic-auth cache and the
 cred checker.
 
@@ -23,22 +23,25 @@ from typing import Any
 import pytest
 import pytest_twisted
 from security_helpers import SyncClock, cheap_hash
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from sysadm_dispatch.auth import login as auth
-from sysadm_dispatch.auth.login import (
+from sysadm_dispatch.auth import users as users_module
+from sysadm_dispatch.auth.checker import UsersFileChecker, UsersFileWatch
+from sysadm_dispatch.auth.login import Authenticator
+from sysadm_dispatch.auth.tokens import TokenStore
+from sysadm_dispatch.auth.users import (
     FULL,
     READ,
-    Authenticator,
     LoginFailed,
-    TokenStore,
     User,
     UserEntry,
-    UsersFileChecker,
     UsersFileError,
     check_private,
     default_state_dir,
@@ -482,6 +485,39 @@ class AuthenticatorTests(SynchronousTestCase):
         self.clock.advance(2)
         self.assertEqual(self.checker.changed, 1, "an unchanged file is not read again")
 
+    def test_the_watch_is_a_timer_service_that_a_parent_service_stops(self) -> None:
+        self.assertIsInstance(self.checker.watch, TimerService)
+        parent = MultiService()
+        self.checker.watch.setServiceParent(parent)
+        parent.startService()
+        write_users(self.path, {"carol": UserEntry("carol", READ, cheap_hash("pw-c"))})
+        self.clock.advance(2)
+        self.assertEqual(list(self.checker.users), ["carol"])
+        self.successResultOf(parent.stopService())
+        write_users(self.path, {"dave": UserEntry("dave", READ, cheap_hash("pw-d"))})
+        self.clock.advance(10)
+        self.assertEqual(list(self.checker.users), ["carol"], "a stopped watch reads nothing")
+
+    def test_stopping_the_watch_waits_for_a_look_under_way(self) -> None:
+        looks: list[Deferred[None]] = []
+
+        def held() -> Deferred[None]:
+            looks.append(Deferred())
+            return looks[-1]
+
+        self.patch(self.checker, "check_changed", held)
+        watch = UsersFileWatch(self.checker, self.clock, 2.0)
+        watch.startService()
+        self.assertEqual(looks, [], "the file was just read: the first look is one interval later")
+        self.clock.advance(2)
+        self.assertEqual(len(looks), 1)
+        stopped = watch.stopService()
+        self.assertNoResult(stopped)
+        looks[0].callback(None)
+        self.successResultOf(stopped)
+        self.clock.advance(10)
+        self.assertEqual(len(looks), 1)
+
     def test_broken_users_file_keeps_the_old_users(self) -> None:
         self.checker.start()
         self.addCleanup(self.checker.stop)
@@ -502,7 +538,7 @@ class AuthenticatorTests(SynchronousTestCase):
             return real_scrypt(*args, **kwargs)
 
         real = hash_password("x")
-        self.patch(auth.hashlib, "scrypt", counting)
+        self.patch(users_module.hashlib, "scrypt", counting)
         self.checker.users["real"] = UserEntry("real", READ, real)
         self.failureResultOf(self.checker.requestAvatarId(UsernamePassword(b"real", b"wrong")), UnauthorizedLogin)
         self.failureResultOf(self.checker.requestAvatarId(UsernamePassword(b"ghost", b"wrong")), UnauthorizedLogin)

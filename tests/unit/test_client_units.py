@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from sysadm_dispatch import cli
-from sysadm_dispatch.auth import login as auth
+from sysadm_dispatch.auth import users as auth
 from sysadm_dispatch.client import config, errors, format, jobs
 from sysadm_dispatch.client.completion import script
 
@@ -388,7 +388,7 @@ def test_roles_agree_with_auth() -> None:
 
 
 def test_client_speaks_only_the_wire_protocol() -> None:
-    """The client package imports nothing of the server but ``auth.login.default_state_dir``."""
+    """The client package imports nothing of the server but ``auth.users.default_state_dir``."""
     for name in os.listdir(CLIENT_DIR):
         if not name.endswith(".py"):
             continue
@@ -396,7 +396,7 @@ def test_client_speaks_only_the_wire_protocol() -> None:
             tree = ast.parse(f.read())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level >= 2:
-                assert (node.module, [a.name for a in node.names]) == ("auth.login", ["default_state_dir"]), name
+                assert (node.module, [a.name for a in node.names]) == ("auth.users", ["default_state_dir"]), name
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 assert not node.module.startswith("sysadm_dispatch"), (name, node.module)
 

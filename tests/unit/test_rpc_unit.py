@@ -21,7 +21,9 @@ from security_helpers import SyncClock, cheap_hash
 from twisted.trial.unittest import SynchronousTestCase
 
 from sysadm_dispatch.api.router import MAX_DEPTH, PUBLIC, Router, RPCError, Session, decode_json, error_reply, reply
-from sysadm_dispatch.auth.login import FULL, READ, Authenticator, UserEntry, UsersFileChecker, write_users
+from sysadm_dispatch.auth.checker import UsersFileChecker
+from sysadm_dispatch.auth.login import Authenticator
+from sysadm_dispatch.auth.users import FULL, READ, UserEntry, write_users
 from sysadm_dispatch.core.dispatcher import Dispatcher
 
 TTL = 900

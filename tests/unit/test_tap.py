@@ -13,7 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from sysadm_dispatch import tap
-from sysadm_dispatch.auth.login import FULL, read_users
+from sysadm_dispatch.auth.users import FULL, read_users
 
 DEFAULT_QUEUES = {"no_queue": 0, "pkg_queue": 1, "iocage_queue": 1}
 

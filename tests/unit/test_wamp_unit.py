@@ -11,7 +11,7 @@ from twisted.python import usage
 
 from sysadm_dispatch import tap
 from sysadm_dispatch.api.router import RPCError
-from sysadm_dispatch.auth.login import FULL, READ, UsersFileError
+from sysadm_dispatch.auth.users import FULL, READ, UsersFileError
 from sysadm_dispatch.transports.wamp import WampHost, read_secret
 
 
