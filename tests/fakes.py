@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from sysadm_dispatch.core.job import Job
 from sysadm_dispatch.process.result import RunResult
-from sysadm_dispatch.store.database import Opened, StoreError
+from sysadm_dispatch.store.records import Opened, StoreError
 
 # ---------------------------------------------------------------------------
 # The dispatcher's side (core): a job runner and a store, both in memory.

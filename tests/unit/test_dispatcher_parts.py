@@ -6,6 +6,7 @@ the job winds down, and live updates and pending kills on their own.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from fakes import FakeRunner, FakeStore
@@ -99,10 +100,10 @@ def test_killed_pending_jobs_end_killed_without_running() -> None:
 
 
 def test_recovered_jobs_that_were_running_end_interrupted() -> None:
-    from sysadm_dispatch.store.database import Opened, StoredJob
+    from sysadm_dispatch.store.records import Opened, StoredJob
 
     spec = JobSpec("was-running", ("cmd",), (("cmd",),))
-    store = FakeStore(Opened([StoredJob(spec, 1.0, 2.0)], None))
+    store = FakeStore(Opened([StoredJob(dataclasses.asdict(spec), 1.0, 2.0)], None))
     clock, dispatcher, events = make(store=store)
     dispatcher.startService()
     record = finished(events, "was-running")

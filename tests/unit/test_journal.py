@@ -6,6 +6,8 @@ into ``Unavailable`` for clients.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from fakes import FakeStore
 from twisted.internet.defer import Deferred
@@ -15,7 +17,7 @@ from sysadm_dispatch.core.job import RUNNING, Job
 from sysadm_dispatch.core.journal import Journal, Unavailable
 from sysadm_dispatch.core.outcome import Outcome
 from sysadm_dispatch.core.spec import JobSpec
-from sysadm_dispatch.store.database import Opened, StoredJob
+from sysadm_dispatch.store.records import Opened, StoredJob
 
 
 def spec(job_id: str, queue: str = "no_queue") -> JobSpec:
@@ -43,10 +45,10 @@ def test_without_a_store_it_is_recovered_and_keeps_no_history() -> None:
 
 def test_taking_up_the_store_requeues_pending_jobs_and_gives_up_the_others() -> None:
     store = FakeStore(Opened([
-        StoredJob(spec("was-running"), 1.0, 2.0),
-        StoredJob(spec("pending-1"), 3.0, None),
-        StoredJob(spec("queue-gone", "old_queue"), 4.0, None),
-        StoredJob(spec("pending-2"), 5.0, None),
+        StoredJob(dataclasses.asdict(spec("was-running")), 1.0, 2.0),
+        StoredJob(dataclasses.asdict(spec("pending-1")), 3.0, None),
+        StoredJob(dataclasses.asdict(spec("queue-gone", "old_queue")), 4.0, None),
+        StoredJob(dataclasses.asdict(spec("pending-2")), 5.0, None),
     ], None))
     journal = Journal(store)  # type: ignore[arg-type]
     order: list[str] = []
@@ -74,7 +76,7 @@ def test_a_store_that_cannot_open_leaves_it_recovered_without_jobs() -> None:
     store.open = lambda: d  # type: ignore[method-assign]
     journal.open(["no_queue"], 1 << 10, lambda requeued, lost: pytest.fail("nothing to take up"))
     assert not journal.recovered
-    from sysadm_dispatch.store.database import StoreError
+    from sysadm_dispatch.store.records import StoreError
 
     d.errback(StoreError("unreadable"))
     assert journal.recovered

@@ -18,7 +18,7 @@ from sysadm_dispatch.core.dispatcher import Dispatcher
 from sysadm_dispatch.listeners import ListenerService
 from sysadm_dispatch.ops.sdnotify import NotifyService
 from sysadm_dispatch.server import LoginGuardService, PasswordCheckerService, Server
-from sysadm_dispatch.store.database import HistoryPruner
+from sysadm_dispatch.store.retention import HistoryPruner
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 

@@ -15,7 +15,7 @@ from sysadm_dispatch.core.job import RUNNING, Job
 from sysadm_dispatch.core.journal import Journal, Unavailable
 from sysadm_dispatch.core.scheduler import STARTS_PER_TURN, Scheduler
 from sysadm_dispatch.core.spec import InvalidJob, JobSpec
-from sysadm_dispatch.store.database import Opened
+from sysadm_dispatch.store.records import Opened
 
 
 def job(job_id: str, queue: str = "no_queue") -> Job:
