@@ -34,7 +34,9 @@ from .core.job import DEFAULT_QUEUES, Limits
 from .ops.metrics import DispatchMetrics
 from .ops.sdnotify import NotifyService, ReloadService, take_notify_socket
 from .ops.serverlog import FORMATS, ServerLog
-from .process.procs import SubreaperService
+from .process.backends import DEFAULT_SPAWNER, SPAWNERS
+from .process.procs import ProcessTracker
+from .process.subreaper import SubreaperService
 from .store.database import HistoryPruner, Store, StoreError
 from .transports.dashboard import DashboardRoot
 from .transports.limits import calm_accept
@@ -147,6 +149,9 @@ class Options(usage.Options):
          _number("max-string-chars", int, 64, 1 << 30)],
         ["kill-grace", None, 5.0, "Seconds between SIGTERM and SIGKILL when a job is killed.",
          _number("kill-grace", float, 0, 3600)],
+        ["spawner", None, DEFAULT_SPAWNER, "How commands are started: fast (posix_spawn and pidfds, Linux) or twisted "
+         "(reactor.spawnProcess, each command in a session of its own); see docs/processes.rst.",
+         _choice("spawner", tuple(SPAWNERS))],
         ["job-timeout", None, 0.0, "Seconds a job without a timeout of its own may run (0: no limit).",
          _number("job-timeout", float, 0, 10 * 365 * 86400)],
         ["token-ttl", None, 900.0, "Seconds a token stays valid without use.",
@@ -215,6 +220,8 @@ class Options(usage.Options):
             key = self["tls-key"] or self["tls-cert"]
             for name in ("ws", "rest"):
                 self[name] = tls_endpoint(self[name], os.path.abspath(self["tls-cert"]), os.path.abspath(key))
+        if self["spawner"] not in SPAWNERS:
+            raise usage.UsageError(f"--spawner must be one of {', '.join(SPAWNERS)}")
         check_wamp_options(self)
 
 
@@ -435,6 +442,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     server_log = _server_log(options)
     if server_log is not None:
         top.log_observer = server_log.observer()
+    processes = ProcessTracker(reactor, spawner=options["spawner"])
     dispatcher = Dispatcher(
         reactor,
         queues=options["queues"],
@@ -445,12 +453,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         max_pending=options["max-pending"],
         update_interval=options["update-interval"],
         store=store,
+        processes=processes,
     )
     # Stopped last (services stop in reverse order): listeners close first,
     # then running jobs are killed.
     dispatcher.setServiceParent(top)
     # Orphaned job processes are re-parented to the server, found and reaped.
-    SubreaperService(reactor).setServiceParent(top)
+    SubreaperService(processes).setServiceParent(top)
     _UsersService(checker).setServiceParent(top)
     # Stopped before the dispatcher closes the store.
     HistoryPruner(store, reactor, days=options["history-days"], max_jobs=options["history-max-jobs"]

@@ -16,7 +16,10 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..process.runner import JobRunner, stop_orphans
+from ..process.procs import ProcessTracker
+from ..process.result import RunResult
+from ..process.runner import JobRunner
+from ..process.subreaper import stop_orphans
 from ..store.database import HistoryPage, Opened, Store, StoreError
 from .events import EventHub
 from .job import (
@@ -82,6 +85,7 @@ class Dispatcher(Service):
         update_interval: float = 1.0,
         runner_factory: Callable[..., Any] = JobRunner,
         store: Store | None = None,
+        processes: ProcessTracker | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -102,11 +106,13 @@ class Dispatcher(Service):
         #: At most one ``running`` update per job per this many seconds.
         self.update_interval = update_interval
         self.runner_factory = runner_factory
+        #: Starts and tracks the processes of jobs (one per server).
+        self.processes = processes if processes is not None else ProcessTracker(reactor)
         self._updates: dict[str, Any] = {}
         self._last_update: dict[str, float] = {}
         #: The job table: every pending and running job, by id.
         self.jobs: dict[str, Job] = {}
-        self._runners: dict[str, JobRunner] = {}
+        self._runners: dict[str, JobRunner[Job]] = {}
         self._waiters: dict[str, list[Deferred[dict[str, Any]]]] = {}
         self._starting = False
         self._stopping = False
@@ -429,7 +435,8 @@ class Dispatcher(Service):
         self._tell(job, "started")
         try:
             runner = self.runner_factory(
-                self.reactor, job, environ=self.environ, kill_grace=self.kill_grace, on_output=self._output
+                self.reactor, job, environ=self.environ, kill_grace=self.kill_grace, on_output=self._output,
+                processes=self.processes,
             )
             self._runners[job.id] = runner
             done = runner.start()
@@ -444,7 +451,23 @@ class Dispatcher(Service):
             job.end_command(EXIT_NOT_STARTED)
             self._ended(job)
             return
-        done.addCallback(self._ended)
+        done.addCallback(self._run_ended, job)
+
+    def _run_ended(self, result: RunResult, job: Job) -> None:
+        """How the run ended, on the job's record."""
+        if result.stopped == "timed_out":
+            job.timed_out = True
+            job.killed_by = "timeout"
+        elif result.stopped == "killed":
+            job.killed = True
+        job.signal = result.signal
+        job.escalated = result.escalated
+        self._ended(job)
+
+    def _stopped_early(self, job: Job) -> bool:
+        """Whether someone (a user, its timeout, a shutdown) ended the job already."""
+        runner = self._runners.get(job.id)
+        return job.killed or job.timed_out or (runner is not None and runner.stopped is not None)
 
     def _ended(self, job: Job) -> None:
         self._runners.pop(job.id, None)
@@ -551,7 +574,7 @@ class Dispatcher(Service):
                 not_found.append(job_id)
                 continue
             killed.append(job_id)
-            if not (job.killed or job.timed_out):
+            if not self._stopped_early(job):
                 job.killed_by = by  # the first to end it
             if job.state != PENDING:
                 waits.append(self.finished(job_id))
@@ -617,14 +640,14 @@ class Dispatcher(Service):
         self._drain_starts()  # none starts now: those waiting are pending again
         self._finish_killed(None)  # pending jobs killed before the stop are recorded as killed
         running = [job for job in self.jobs.values() if job.state != PENDING and job.state != FINISHED]
-        self._interrupting.update(job.id for job in running if not (job.killed or job.timed_out))
+        self._interrupting.update(job.id for job in running if not self._stopped_early(job))
         if running:
             log.info("stopping: killing {count} running jobs", count=len(running))
             d = self.kill([job.id for job in running], "shutdown").addCallback(lambda _: None)
         else:
             d = succeed(None)
         # Then whatever orphans of jobs no job claimed (a subreaper server's).
-        d.addCallback(lambda _: stop_orphans(self.reactor, self.kill_grace))
+        d.addCallback(lambda _: stop_orphans(self.processes, self.kill_grace))
         if self.store is None:
             return d
         store = self.store

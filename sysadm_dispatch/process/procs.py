@@ -6,7 +6,7 @@ double-forked, so a job's processes are found through ``/proc`` as well:
 its process groups, the ``SYSADM_DISPATCH_JOB=<token>`` marker in their
 environment, the descendants of either, and whatever was found before; only
 processes started after the job count, and zombies count as gone.  A server
-that is a child subreaper (``SubreaperService``) also keeps the orphans of
+that is a child subreaper (subreaper.py) also keeps the orphans of
 its jobs as its own children: it finds them there, reaps them one pid at a
 time (never a blanket wait), and ends them when it stops.  The rules, and
 what they do not catch, are stated in docs/processes.rst.
@@ -17,19 +17,18 @@ and the jobs that want a look in the same reactor turn share one pass.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet import process as twisted_process
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
+from .backends import DEFAULT_SPAWNER, SPAWNERS, spawn_process
 from .proctable import (
     MARKER,
     JobTree,
@@ -44,36 +43,13 @@ from .proctable import (
     signal_pid,
     walk,
 )
-from .spawn import ExitWatcher, OutputReader, open_output_pipe, plan, spawn
+from .reactor import ProcessReactor
+from .tracked import Leader
 
 log = Logger()
 
-PR_SET_CHILD_SUBREAPER = 36
-#: How often a subreaper server reaps orphans that exited, at the latest.
-REAP_INTERVAL = 2.0
 #: Rounds of stopping newly found processes before a tree is sent SIGKILL.
 FREEZE_ROUNDS = 4
-
-
-class Command:
-    """One started command: its pid, its output pipe and its exit watcher."""
-
-    def __init__(self, pid: int, reader: OutputReader) -> None:
-        self.pid = pid
-        self.reader = reader
-        self.watcher: ExitWatcher | None = None
-
-    @property
-    def output_open(self) -> bool:
-        return self.reader.open
-
-    def drain(self) -> bool:
-        """Take what the output pipe holds; True if it is closed now."""
-        return self.reader.drain()
-
-    def abandon(self) -> None:
-        """Stop reading the output, although something still holds the pipe."""
-        self.reader.close()
 
 
 class _Sweep:
@@ -87,15 +63,20 @@ class _Sweep:
 class ProcessTracker:
     """
     Starts commands and finds, signals and reaps the processes of jobs.  One
-    per reactor (``tracker_for``): it knows every command leader it started,
-    which is how it tells orphans apart from them.
+    per server, made by whoever builds it and handed to the dispatcher: it
+    knows every command leader it started, which is how it tells orphans
+    apart from them.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: ProcessReactor, spawner: str = DEFAULT_SPAWNER) -> None:
+        if spawner not in SPAWNERS:
+            raise ValueError(f"no spawner {spawner!r} (one of {', '.join(SPAWNERS)})")
         self.reactor = reactor
-        #: Whether orphans are re-parented to this process (see ``become_subreaper``).
+        #: The backend commands are started with (see backends.py).
+        self.spawner = spawner
+        #: Whether orphans are re-parented to this process (see subreaper.py).
         self.subreaper = False
-        self._leaders: dict[int, Command] = {}
+        self._leaders: set[int] = set()
         #: The trees of the jobs running now, by token.
         self._trees: dict[str, JobTree] = {}
         self._sweeps: dict[JobTree, _Sweep] = {}
@@ -115,42 +96,30 @@ class ProcessTracker:
     def forget(self, tree: JobTree) -> None:
         self._trees.pop(tree.token, None)
 
-    def start_command(
+    def spawn(
         self,
         tree: JobTree,
-        argv: Sequence[str],
-        cwd: str | None,
+        protocol: ProcessProtocol,
+        executable: str,
+        args: Sequence[str],
         env: Mapping[str, str],
-        on_output: Callable[[bytes], None],
-        on_output_closed: Callable[[], None],
-        on_exit: Callable[[int | None], None],
-    ) -> Command:
+        path: str | None = None,
+    ) -> None:
         """
-        Start one command of a job (raises ``SpawnError``).  ``on_exit`` gets
-        the ``waitpid`` status once the command's leader has exited and been
-        reaped; the output is read until every writer has closed the pipe.
+        Start one command of a job's tree through this tracker's backend
+        (raises ``SpawnError``).  ``protocol`` is connected to a transport
+        whose ``signalProcess`` reaches the whole tree (``TreeTransport``).
         """
         env = {**env, MARKER: tree.token}
-        executable, args, search = plan(argv, cwd, env)
-        read_fd, write_fd = open_output_pipe()
-        try:
-            pid = spawn(executable, args, env, write_fd, search)
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
+        spawn_process(self.reactor, Leader(self, tree, protocol), executable, args, env, path, spawner=self.spawner)
+
+    def leader_started(self, tree: JobTree, pid: int) -> None:
         info = read_stat(pid)
         tree.add_leader(pid, info.start if info is not None else None)
-        command = Command(pid, OutputReader(self.reactor, read_fd, on_output, on_output_closed))
-        self._leaders[pid] = command
+        self._leaders.add(pid)
 
-        def exited(status: int | None) -> None:
-            self._leaders.pop(pid, None)
-            on_exit(status)
-
-        command.watcher = ExitWatcher(self.reactor, pid, exited)
-        return command
+    def leader_exited(self, pid: int) -> None:
+        self._leaders.discard(pid)
 
     # Looking.
 
@@ -365,28 +334,7 @@ class ProcessTracker:
                 del tree.members[pid]
         return out
 
-    # Being a subreaper: orphans come here, and are reaped and ended here.
-
-    def become_subreaper(self) -> bool:
-        """
-        Have orphaned descendants re-parented to this process rather than to
-        init (Linux ``PR_SET_CHILD_SUBREAPER``).  Only for a process whose
-        children are all started by this tracker or by Twisted's
-        ``spawnProcess``: orphans that exit are reaped here, one known pid
-        at a time.
-        """
-        if self.subreaper:
-            return True
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            ok = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-        except (OSError, AttributeError):
-            ok = False
-        if not ok:
-            log.warn("cannot become a child subreaper; orphaned job processes are found by their marker only")
-            return False
-        self.subreaper = True
-        return True
+    # Orphans: a subreaper's own (see subreaper.py).
 
     def strays(self) -> list[ProcInfo]:
         """
@@ -401,73 +349,6 @@ class ProcessTracker:
         return out
 
     def reap_strays(self) -> None:
+        """Reap the orphans that exited (a subreaper's periodic chore)."""
         if self.subreaper:
             self.strays()
-
-    def stop_strays(self, grace: float) -> Deferred[None]:
-        """
-        End the orphans no job claimed, and their descendants: SIGTERM, then
-        SIGKILL after ``grace`` seconds; fires once they are gone.
-        """
-        if not self.subreaper:
-            return succeed(None)
-        strays = self.strays()
-        if not strays:
-            return succeed(None)
-        tree = JobTree("\0", start=min(info.start for info in strays))
-        tree.members.update({info.pid: info.start for info in strays})
-        log.info("stopping {count} orphaned processes of finished jobs", count=len(strays))
-        done: Deferred[None] = Deferred()
-        deadline = self.reactor.seconds() + grace
-
-        def check(alive: int, sig: int | None) -> None:
-            if not alive:
-                done.callback(None)
-                return
-            if sig != signal.SIGKILL and self.reactor.seconds() >= deadline:
-                self.sweep(tree, signal.SIGKILL).addCallback(check, signal.SIGKILL)
-                return
-            if sig == signal.SIGKILL and self.reactor.seconds() >= deadline + 2.0:
-                log.warn("{count} orphaned processes survived SIGKILL", count=alive)
-                done.callback(None)
-                return
-            self.reactor.callLater(0.05, lambda: self.sweep(tree).addCallback(check, sig))
-
-        self.sweep(tree, signal.SIGTERM).addCallback(check, signal.SIGTERM)
-        return done
-
-
-_trackers: dict[int, tuple[Any, ProcessTracker]] = {}
-
-
-def tracker_for(reactor: Any) -> ProcessTracker:
-    """The process tracker of this reactor (one per process in practice)."""
-    entry = _trackers.get(id(reactor))
-    if entry is None or entry[0] is not reactor:
-        entry = _trackers[id(reactor)] = (reactor, ProcessTracker(reactor))
-    return entry[1]
-
-
-class SubreaperService(Service):
-    """
-    Makes the server a child subreaper while it runs and reaps orphans that
-    exited.  (The dispatcher's ``stopService`` ends the orphans still alive,
-    after the running jobs, through ``stop_strays``.)
-    """
-
-    name = "subreaper"
-
-    def __init__(self, reactor: Any) -> None:
-        self.tracker = tracker_for(reactor)
-        self._loop = LoopingCall(self.tracker.reap_strays)
-        self._loop.clock = reactor
-
-    def startService(self) -> None:
-        super().startService()
-        if self.tracker.become_subreaper():
-            self._loop.start(REAP_INTERVAL, now=False)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest_twisted
 from conftest import HERE, PYTHON, Server, WSClient, poll, with_timeout
+from fakes import FakeRunner
 from ops_helpers import metrics_port, scrape, value
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
@@ -20,7 +21,6 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from sysadm_dispatch.core.dispatcher import Dispatcher
 from sysadm_dispatch.core.events import EventHub
-from sysadm_dispatch.core.job import Job
 
 ensure = pytest_twisted.ensureDeferred
 
@@ -245,44 +245,16 @@ async def test_client_that_stops_reading_is_dropped_and_others_keep_receiving(ma
 # Coalescing, driven by a Clock.
 
 
-class _FakeRunner:
-    """Stands in for JobRunner: the test feeds output and ends commands."""
-
-    made: list[_FakeRunner] = []
-
-    def __init__(self, reactor: Any, job: Job, *, environ: Any, kill_grace: float, on_output: Any) -> None:
-        self.job = job
-        self.on_output = on_output
-        self.done: Deferred[Job] = Deferred()
-        _FakeRunner.made.append(self)
-
-    def start(self) -> Deferred[Job]:
-        self.job.begin_command()
-        return self.done
-
-    def output(self, data: bytes) -> None:
-        self.job.logs[-1].write(data)
-        self.on_output(self.job, len(self.job.logs) - 1, data)
-
-    def end(self, code: int) -> None:
-        self.job.end_command(code)
-        self.done.callback(self.job)
-
-    def kill(self, timed_out: bool = False) -> None:
-        self.job.killed = True
-        self.end(143)
-
-
 def test_running_updates_are_throttled_on_the_leading_edge() -> None:
     clock = Clock()
-    dispatcher = Dispatcher(clock, update_interval=1.0, runner_factory=_FakeRunner)
+    dispatcher = Dispatcher(clock, update_interval=1.0, runner_factory=FakeRunner)
     seen: list[tuple[float, str, str]] = []
     dispatcher.events.subscribe(
         "dispatcher",
         lambda e: seen.append((clock.seconds(), e.args["state"], e.args["process_details"].get("cmd", ""))),
     )
     dispatcher.submit(dispatcher.parse_run({"action": "run", "jobs": [{"id": "j", "commands": "cmd"}]}))
-    runner = _FakeRunner.made[-1]
+    runner = FakeRunner.made[-1]
     assert [s[1] for s in seen] == ["pending", "running"]
     clock.advance(0.1)
     runner.output(b"one ")
@@ -410,18 +382,18 @@ def test_a_big_run_starts_a_slice_per_reactor_turn_and_a_waiting_job_can_be_kill
     from sysadm_dispatch.core.dispatcher import STARTS_PER_TURN
 
     clock = Clock()
-    dispatcher = Dispatcher(clock, runner_factory=_FakeRunner)
+    dispatcher = Dispatcher(clock, runner_factory=FakeRunner)
     states: list[tuple[str, str]] = []
     dispatcher.events.subscribe("dispatcher", lambda e: states.append((e.args["process_id"], e.args["state"])))
-    _FakeRunner.made.clear()
+    FakeRunner.made.clear()
     ids = [f"s{i:03d}" for i in range(STARTS_PER_TURN * 2 + 5)]
     dispatcher.submit(dispatcher.parse_run({"action": "run", "jobs": [{"id": i, "commands": "cmd"} for i in ids]}))
-    assert [r.job.id for r in _FakeRunner.made] == ids[:STARTS_PER_TURN]
+    assert [r.job.id for r in FakeRunner.made] == ids[:STARTS_PER_TURN]
     assert dispatcher.jobs[ids[-1]].state == "pending"
     dispatcher.kill([ids[-1]])  # waiting its turn: it never starts
-    assert len(_FakeRunner.made) == STARTS_PER_TURN  # the kill starts nothing more this turn
+    assert len(FakeRunner.made) == STARTS_PER_TURN  # the kill starts nothing more this turn
     clock.advance(0)  # (a Clock runs the following turns' calls at once too)
-    assert [r.job.id for r in _FakeRunner.made] == ids[:-1]
+    assert [r.job.id for r in FakeRunner.made] == ids[:-1]
     assert not clock.getDelayedCalls()
     assert (ids[-1], "running") not in states and states.count((ids[-1], "finished")) == 1
     assert [s for s in states if s[1] == "running"] == [(i, "running") for i in ids[:-1]]

@@ -1,0 +1,38 @@
+"""The output reader of a command's pipe: reads what is there, and grows the pipe only for a flood."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+
+def test_output_pipe_grows_only_for_a_command_that_fills_it() -> None:
+    from twisted.internet.task import Clock
+
+    from sysadm_dispatch.process.spawn import open_output_pipe
+    from sysadm_dispatch.process.watch import PIPE_SIZE, OutputReader
+
+    class Reactor(Clock):
+        def addReader(self, reader: object) -> None:
+            pass
+
+        def removeReader(self, reader: object) -> None:
+            pass
+
+        def removeWriter(self, writer: object) -> None:
+            pass
+
+    sizes = {}
+    for name, amount in (("quiet", 100), ("flood", 1 << 16)):
+        read_fd, write_fd = open_output_pipe()
+        got: list[bytes] = []
+        reader = OutputReader(Reactor(), read_fd, got.append, lambda: None)
+        try:
+            os.write(write_fd, b"x" * amount)
+            reader.doRead()
+            assert b"".join(got) == b"x" * amount
+            sizes[name] = fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ)
+        finally:
+            os.close(write_fd)
+            reader.close()
+    assert sizes == {"quiet": 1 << 16, "flood": PIPE_SIZE}
