@@ -1,5 +1,5 @@
 """
-The reactor as the process room uses it: Twisted's ``IReactorTime``,
+The reactor as the process room uses it (and named timers over it): Twisted's ``IReactorTime``,
 ``IReactorFDSet`` and ``IReactorProcess``, spelled as ``typing.Protocol`` so
 that mypy checks calls through them (it cannot check calls through a zope
 ``Interface``).  Any Twisted reactor, ``Clock`` or ``MemoryReactorClock``
@@ -74,3 +74,29 @@ class ProcessTransport(Protocol):
     def getPeer(self) -> Any: ...
 
     def getHost(self) -> Any: ...
+
+
+class NamedTimers:
+    """Timers by name: setting one replaces the one of that name, and one call cancels them all."""
+
+    def __init__(self, reactor: TimeReactor) -> None:
+        self.reactor = reactor
+        self._calls: dict[str, DelayedCall] = {}
+
+    def later(self, name: str, seconds: float, f: Callable[[], None]) -> None:
+        self.cancel(name)
+
+        def fire() -> None:
+            del self._calls[name]
+            f()
+
+        self._calls[name] = self.reactor.callLater(seconds, fire)
+
+    def cancel(self, name: str) -> None:
+        call = self._calls.pop(name, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def cancel_all(self) -> None:
+        for name in list(self._calls):
+            self.cancel(name)

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from .procs import ProcessTracker
 from .protocol import CommandProtocol, RunnableJob, exit_code, exit_status
-from .reactor import DelayedCall, TimeReactor
+from .reactor import NamedTimers, TimeReactor
 from .result import RunResult, Stopped
 from .spawn import SpawnError, plan
 
@@ -105,38 +105,19 @@ class JobRunner(Generic[J]):
         self._signal: str | None = None
         self._escalated = False
         self._poll_delay = POLL_FIRST_SECONDS
-        self._timers: dict[str, DelayedCall] = {}
+        #: Every timer of the policy: timeout, escalate, poll, give_up, linger.
+        self._timers = NamedTimers(reactor)
 
     @property
     def pid(self) -> int | None:
         """The pid (and process group id) of the command running now, if any."""
         return self._current.pid if self._current is not None else None
 
-    # Timers: every one of them is named, and one method cancels them all.
-
-    def _later(self, name: str, seconds: float, f: Callable[[], None]) -> None:
-        self._cancel(name)
-
-        def fire() -> None:
-            del self._timers[name]
-            f()
-
-        self._timers[name] = self.reactor.callLater(seconds, fire)
-
-    def _cancel(self, name: str) -> None:
-        call = self._timers.pop(name, None)
-        if call is not None and call.active():
-            call.cancel()
-
-    def _cancel_all(self) -> None:
-        for name in list(self._timers):
-            self._cancel(name)
-
     # Running.
 
     def start(self) -> Deferred[RunResult]:
         if self.job.timeout:
-            self._later("timeout", self.job.timeout, self._timed_out)
+            self._timers.later("timeout", self.job.timeout, self._timed_out)
         self._next_command()
         return self.done
 
@@ -259,8 +240,8 @@ class JobRunner(Generic[J]):
     def _begin_stop(self) -> None:
         cleanup = self.stopped is None
         self.state = RunState.STOPPING
-        self._cancel("timeout")
-        self._later("escalate", self.kill_grace, self._escalate)
+        self._timers.cancel("timeout")
+        self._timers.later("escalate", self.kill_grace, self._escalate)
         self._signal_all("TERM").addCallback(self._first_sweep, cleanup)
 
     def _first_sweep(self, alive: int, cleanup: bool) -> None:
@@ -286,7 +267,7 @@ class JobRunner(Generic[J]):
         if not alive:
             self._drain()
             return
-        self._later("poll", self._poll_delay, self._check_stopped)
+        self._timers.later("poll", self._poll_delay, self._check_stopped)
         self._poll_delay = min(self._poll_delay * 2, POLL_MAX_SECONDS)
 
     def _escalate(self) -> None:
@@ -297,7 +278,7 @@ class JobRunner(Generic[J]):
         if self._current is not None:
             self._escalation()
         self._signal_all("KILL").addCallback(self._killed)
-        self._later("give_up", AFTER_KILL_SECONDS, self._give_up)
+        self._timers.later("give_up", AFTER_KILL_SECONDS, self._give_up)
 
     def _escalation(self) -> None:
         if not self._escalated:
@@ -332,11 +313,11 @@ class JobRunner(Generic[J]):
     def _drain(self, wait: bool = True) -> None:
         """Nothing of the job is left: take the rest of its output, then finish."""
         self.state = RunState.DRAINING
-        self._cancel_all()
+        self._timers.cancel_all()
         if not wait or all(command.ended for command in self._commands):
             self._finish()
             return
-        self._later("linger", LINGER_SECONDS, self._lingered)
+        self._timers.later("linger", LINGER_SECONDS, self._lingered)
 
     def _lingered(self) -> None:
         log.info("job {job_id}: its output was held open {seconds}s by a process outside the job; not read further",
@@ -347,7 +328,7 @@ class JobRunner(Generic[J]):
         if self.state is RunState.FINISHED:
             return
         self.state = RunState.FINISHED
-        self._cancel_all()
+        self._timers.cancel_all()
         for command in self._commands:
             # The commands call back into this runner: without them, the job
             # (and its logs, up to the cap per command) is freed as soon as
