@@ -16,7 +16,7 @@ docs/processes.rst.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from typing import Generic, TypeVar
 
@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .procs import ProcessTracker
+from .proctable import JobTree
 from .protocol import CommandProtocol, RunnableJob, exit_code, exit_status
 from .reactor import NamedTimers, TimeReactor
 from .result import RunResult, Stopped
@@ -47,6 +48,43 @@ J = TypeVar("J", bound=RunnableJob)
 
 __all__ = ["AFTER_KILL_SECONDS", "LINGER_SECONDS", "POLL_FIRST_SECONDS", "POLL_MAX_SECONDS", "JobRunner",
            "RunState", "exit_code"]
+
+
+def start_command(processes: ProcessTracker, tree: JobTree, command: CommandProtocol, argv: Sequence[str],
+                  cwd: str | None, env: Mapping[str, str], job_id: str) -> None:
+    """Start one command of a job; raises ``SpawnError`` if it cannot start, for whatever reason."""
+    try:
+        executable, args = plan(argv, cwd, env)
+        processes.spawn(tree, command, executable, args, env, cwd)
+    except SpawnError:
+        raise
+    except Exception as e:
+        # A bug, or something unforeseen: the job still ends as one that could not start.
+        log.failure("bug while starting a command of job {job_id}", job_id=job_id)
+        raise SpawnError(f"internal error ({type(e).__name__}); the server log has the details") from None
+
+
+class JobOutput(Generic[J]):
+    """A job's output, and the server's own lines, into its logs; and news of it for ``on_output``."""
+
+    def __init__(self, job: J, on_output: Callable[[J, int, bytes], None] | None) -> None:
+        self.job = job
+        self.on_output = on_output
+
+    def write(self, index: int, data: bytes) -> None:
+        self.job.logs[index].write(data)
+        if self.on_output is not None:
+            self.on_output(self.job, index, data)
+
+    def note(self, index: int, text: str) -> None:
+        """A line of the server's own in a command's log."""
+        self.write(index, f"sysadm-dispatch: {text}\n".encode())
+
+    def begun(self, index: int) -> None:
+        if index and self.on_output is not None:
+            # The previous command ended: its exit code and the command now
+            # running are news for whoever follows the job.
+            self.on_output(self.job, index, b"")
 
 
 class RunState(Enum):
@@ -89,7 +127,7 @@ class JobRunner(Generic[J]):
         self.reactor = reactor
         self.job = job
         self.kill_grace = kill_grace
-        self.on_output = on_output
+        self.output = JobOutput(job, on_output)
         self.env = {**environ, **job.spec.env}
         self.done: Deferred[RunResult] = Deferred()
         self.state = RunState.RUNNING
@@ -129,24 +167,14 @@ class JobRunner(Generic[J]):
             self._end_of_job()
             return
         job.begin_command()
-        if index and self.on_output is not None:
-            # The previous command ended: its exit code and the command now
-            # running are news for whoever follows the job.
-            self.on_output(job, index, b"")
+        self.output.begun(index)
         command = CommandProtocol(self, index)
         self.state = RunState.STARTING
         try:
-            executable, args = plan(job.spec.argvs[index], job.spec.cwd, self.env)
-            self.processes.spawn(self.tree, command, executable, args, self.env, job.spec.cwd)
+            start_command(self.processes, self.tree, command, job.spec.argvs[index], job.spec.cwd, self.env, job.id)
         except SpawnError as e:
             self.state = RunState.RUNNING
             self._not_started(index, e)
-            return
-        except Exception as e:
-            # A bug, or something unforeseen: the job still ends as one that could not start.
-            self.state = RunState.RUNNING
-            log.failure("bug while starting a command of job {job_id}", job_id=job.id)
-            self._not_started(index, SpawnError(f"internal error ({type(e).__name__}); the server log has the details"))
             return
         self.state = RunState.RUNNING
         self._current = self._last = command
@@ -156,24 +184,15 @@ class JobRunner(Generic[J]):
             self.command_exited(command, early)
 
     def _not_started(self, index: int, error: SpawnError) -> None:
-        self._note(index, f"cannot run command: {error.reason}")
+        self.output.note(index, f"cannot run command: {error.reason}")
         self.job.end_command(error.exit_code)
         log.info("job {job_id}: {reason}", job_id=self.job.id, reason=error.reason)
         self._next_command()
 
-    def _note(self, index: int, text: str) -> None:
-        """A line of the server's own in a command's log."""
-        self._output(index, f"sysadm-dispatch: {text}\n".encode())
-
-    def _output(self, index: int, data: bytes) -> None:
-        self.job.logs[index].write(data)
-        if self.on_output is not None:
-            self.on_output(self.job, index, data)
-
     # What the commands' protocols tell.
 
     def command_output(self, command: CommandProtocol, data: bytes) -> None:
-        self._output(command.index, data)
+        self.output.write(command.index, data)
 
     def command_exited(self, command: CommandProtocol, reason: Failure) -> None:
         if self.state is RunState.STARTING:
@@ -186,7 +205,7 @@ class JobRunner(Generic[J]):
         status = exit_status(reason)
         code, name = exit_code(status)
         if status is None:
-            self._note(command.index, "the command's exit status was lost (reaped elsewhere)")
+            self.output.note(command.index, "the command's exit status was lost (reaped elsewhere)")
         # The signal that ended the job is the one that ended its last command.
         self._signal = name
         self.job.end_command(code)
@@ -247,7 +266,7 @@ class JobRunner(Generic[J]):
     def _first_sweep(self, alive: int, cleanup: bool) -> None:
         if cleanup and alive and self.job.logs:
             s = "" if alive == 1 else "es"
-            self._note(len(self.job.logs) - 1, f"stopping {alive} process{s} the job left running")
+            self.output.note(len(self.job.logs) - 1, f"stopping {alive} process{s} the job left running")
             log.info("job {job_id}: stopping {count} processes it left running", job_id=self.job.id, count=alive)
         self._check_stopped()
 
@@ -302,7 +321,7 @@ class JobRunner(Generic[J]):
         log.warn("job {job_id}: {stuck} still present {seconds}s after SIGKILL; reporting it finished",
                  job_id=self.job.id, stuck=stuck, seconds=AFTER_KILL_SECONDS)
         if index >= 0:
-            self._note(index, f"{stuck} survived SIGKILL for {AFTER_KILL_SECONDS:g}s (uninterruptible?)")
+            self.output.note(index, f"{stuck} survived SIGKILL for {AFTER_KILL_SECONDS:g}s (uninterruptible?)")
         # A command that never exited gets no exit code; its transport stays
         # to reap it whenever it does exit.
         self._current = None
