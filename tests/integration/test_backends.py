@@ -40,9 +40,11 @@ class Recorder(ProcessProtocol):
         self.output: list[tuple[int, bytes]] = []
         self.exited: Failure | None = None
         self.ended: Deferred[BaseException] = Deferred()
+        self.pid: int | None = None
 
     def connectionMade(self) -> None:
         self.events.append("connected")
+        self.pid = self.transport.pid  # type: ignore[union-attr]
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self.output.append((childFD, data))
@@ -66,7 +68,8 @@ async def test_output_exit_and_end_as_twisted_reports_them(spawner: str) -> None
     transport = spawn_process(reactor, proto, "/bin/sh", ["sh", "-c", "echo out; echo err >&2; echo more; exit 3"],
                               ENV, spawner=spawner)
     assert verifyObject(IProcessTransport, transport)
-    assert proto.transport is transport and transport.pid is not None
+    # Connected with its pid (it may have exited, and been reaped, by the time spawn_process returns).
+    assert proto.transport is transport and proto.pid is not None
     reason = await with_timeout(proto.ended)
     assert proto.events == ["connected", "exited", "ended"]
     assert proto.text() == "out\nerr\nmore\n" and {fd for fd, _ in proto.output} == {1}  # one pipe, in order
