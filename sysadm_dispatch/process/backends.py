@@ -94,6 +94,10 @@ class PipedProcess:
         """The command was reaped (``status`` None: by someone else, its status lost)."""
         if self._exited:
             return
+        # What the pipe holds now, and its end if no writer is left, is read
+        # first: the command's output is then complete when it has exited,
+        # and the end follows in the same turn of the reactor.
+        self.reader.drain()
         self._exited = True
         self.pid = None
         self.status = status

@@ -41,6 +41,7 @@ class Recorder(ProcessProtocol):
         self.exited: Failure | None = None
         self.ended: Deferred[BaseException] = Deferred()
         self.pid: int | None = None
+        self.text_at_exit = ""
 
     def connectionMade(self) -> None:
         self.events.append("connected")
@@ -51,6 +52,7 @@ class Recorder(ProcessProtocol):
 
     def processExited(self, reason: Failure) -> None:
         self.events.append("exited")
+        self.text_at_exit = self.text()
         self.exited = reason
 
     def processEnded(self, reason: Failure) -> None:
@@ -73,6 +75,7 @@ async def test_output_exit_and_end_as_twisted_reports_them(spawner: str) -> None
     reason = await with_timeout(proto.ended)
     assert proto.events == ["connected", "exited", "ended"]
     assert proto.text() == "out\nerr\nmore\n" and {fd for fd, _ in proto.output} == {1}  # one pipe, in order
+    assert proto.text_at_exit == proto.text()  # the pipe was read to its end before the exit was told
     assert isinstance(reason, ProcessTerminated) and reason.exitCode == 3
     assert proto.exited is not None and proto.exited.value.exitCode == 3
     assert transport.pid is None

@@ -36,3 +36,43 @@ def test_output_pipe_grows_only_for_a_command_that_fills_it() -> None:
             os.close(write_fd)
             reader.close()
     assert sizes == {"quiet": 1 << 16, "flood": PIPE_SIZE}
+
+
+def test_a_transport_reads_its_pipe_to_the_end_before_telling_the_exit() -> None:
+    from twisted.internet.protocol import ProcessProtocol
+    from twisted.internet.task import Clock
+
+    from sysadm_dispatch.process.backends import PipedProcess
+    from sysadm_dispatch.process.spawn import open_output_pipe
+
+    class Reactor(Clock):
+        """Never reads by itself: whatever is read, the transport read."""
+
+        def addReader(self, reader: object) -> None:
+            pass
+
+        def removeReader(self, reader: object) -> None:
+            pass
+
+        def removeWriter(self, writer: object) -> None:
+            pass
+
+    told: list[tuple[str, object]] = []
+
+    class Recorder(ProcessProtocol):
+        def childDataReceived(self, childFD: int, data: bytes) -> None:
+            told.append(("data", data))
+
+        def processExited(self, reason: object) -> None:
+            told.append(("exited", type(reason.value).__name__))  # type: ignore[attr-defined]
+
+        def processEnded(self, reason: object) -> None:
+            told.append(("ended", type(reason.value).__name__))  # type: ignore[attr-defined]
+
+    read_fd, write_fd = open_output_pipe()
+    process = PipedProcess(Reactor(), Recorder(), read_fd)  # type: ignore[arg-type]
+    os.write(write_fd, b"last words\n")
+    os.close(write_fd)
+    process.exited(0)
+    assert told == [("data", b"last words\n"), ("exited", "ProcessDone"), ("ended", "ProcessDone")]
+    assert not process.reader.open
