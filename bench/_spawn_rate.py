@@ -5,9 +5,11 @@ of seconds each, on a real Twisted reactor:
 
 * ``raw``: ``os.posix_spawn`` + ``waitpid``, the machine's limit;
 * ``runner``: the dispatcher's ``JobRunner`` (spawn, output pipe, exit watch,
-  the end-of-job look for leftovers), with a bare ``Job``;
+  the end-of-job look for leftovers), with a bare ``Job``, on the ``fast``
+  backend (``--spawner fast``);
+* ``runner_twisted``: the same ``JobRunner`` on the ``twisted`` backend;
 * ``twisted``: ``reactor.spawnProcess`` through util-linux ``setsid`` with
-  the output on one pipe, the way the runner used to start commands.
+  the output on one pipe, bare.
 
 Each is measured with no other descriptor open and with ``--fds`` extra open
 descriptors, as a server with that many connections has.
@@ -34,6 +36,7 @@ from twisted.internet.protocol import ProcessProtocol
 
 from sysadm_dispatch.core.job import Job
 from sysadm_dispatch.core.spec import specs_from_run_args
+from sysadm_dispatch.process.procs import ProcessTracker
 from sysadm_dispatch.process.runner import JobRunner
 
 PROGRAM = "/bin/true"
@@ -89,10 +92,18 @@ async def reactor_loop(depth: int, seconds: float, start_one: Any) -> float:
 SPEC = specs_from_run_args({"jobs": [{"id": "b", "commands": PROGRAM}]}, ["no_queue"])[0]
 
 
-def start_runner(done: Any) -> None:
+TRACKERS = {name: ProcessTracker(reactor, spawner=name) for name in ("fast", "twisted")}  # type: ignore[arg-type]
+
+
+def start_runner(done: Any, spawner: str = "fast") -> None:
     job = Job(SPEC, 1 << 20, 0.0)
     job.start(0.0)
-    JobRunner(reactor, job, environ=ENV, kill_grace=5).start().addCallback(lambda _: done())
+    JobRunner(reactor, job, environ=ENV, kill_grace=5, processes=TRACKERS[spawner]  # type: ignore[arg-type]
+              ).start().addCallback(lambda _: done())
+
+
+def start_runner_twisted(done: Any) -> None:
+    start_runner(done, "twisted")
 
 
 def start_twisted(done: Any) -> None:
@@ -115,16 +126,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             extra.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
         case: dict[str, Any] = {}
         for depth in (1, 8, 64):
-            runs: dict[str, list[float]] = {"raw": [], "runner": [], "twisted": []}
+            runs: dict[str, list[float]] = {"raw": [], "runner": [], "runner_twisted": [], "twisted": []}
             for _ in range(args.repeat):
                 runs["raw"].append(raw(depth, args.seconds))
                 runs["runner"].append(await reactor_loop(depth, args.seconds, start_runner))
+                runs["runner_twisted"].append(await reactor_loop(depth, args.seconds, start_runner_twisted))
                 runs["twisted"].append(await reactor_loop(depth, args.seconds, start_twisted))
             medians = {name: round(statistics.median(values), 1) for name, values in runs.items()}
             case[f"depth_{depth}"] = {
                 "jobs_per_s": medians,
                 "runs": {name: [round(v, 1) for v in values] for name, values in runs.items()},
                 "ratio_runner": round(medians["runner"] / medians["raw"], 4),
+                "ratio_runner_twisted": round(medians["runner_twisted"] / medians["raw"], 4),
                 "ratio_twisted": round(medians["twisted"] / medians["raw"], 4),
             }
             print(f"[bench] in-process, {fds} extra fds, depth {depth}: {medians}", file=sys.stderr, flush=True)

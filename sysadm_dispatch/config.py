@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .process.backends import DEFAULT_SPAWNER
+
 if TYPE_CHECKING:
     from .ops.serverlog import ServerLog
 
@@ -74,6 +76,8 @@ class ServerConfig:
     max_jobs_per_run: int = 1000
     max_chain: int = 256
     kill_grace: float = 5.0
+    #: How commands are started: ``fast`` or ``twisted`` (see docs/processes.rst).
+    spawner: str = DEFAULT_SPAWNER
     job_timeout: float = 0.0
     log_cap_bytes: int = 1 << 20
     update_interval: float = 1.0

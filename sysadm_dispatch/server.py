@@ -37,7 +37,8 @@ from .core.spec import Limits
 from .listeners import ListenerService, endpoint, tls_endpoint
 from .ops.metrics import DispatchMetrics
 from .ops.sdnotify import NotifyService, ReloadService, take_notify_socket
-from .process.procs import SubreaperService
+from .process.procs import ProcessTracker
+from .process.subreaper import SubreaperService
 from .store.database import Store
 from .store.records import StoreError
 from .store.retention import HistoryPruner
@@ -121,8 +122,10 @@ def make_server(reactor: IServerReactor, config: ServerConfig | None = None, **s
     store = open_store(config.state_dir, reactor)
     # Before the dispatcher copies the environment for its jobs.
     notify_socket = take_notify_socket() if config.notify else None
+    processes = ProcessTracker(reactor, spawner=config.spawner)
     dispatcher = Dispatcher(
         reactor,
+        processes=processes,
         queues=config.queues,
         kill_grace=config.kill_grace,
         job_timeout=config.job_timeout,
@@ -146,7 +149,7 @@ def make_server(reactor: IServerReactor, config: ServerConfig | None = None, **s
     # the dispatcher kills the running jobs and closes the store.
     dispatcher.setServiceParent(server)
     # Orphaned job processes are re-parented to the server, found and reaped.
-    SubreaperService(reactor).setServiceParent(server)
+    SubreaperService(processes).setServiceParent(server)
     PasswordCheckerService(checker).setServiceParent(server)
     # Stopped before the dispatcher closes the store.
     HistoryPruner(store, reactor, days=config.history_days, max_jobs=config.history_max_jobs

@@ -16,6 +16,7 @@ from .config import DEFAULT_REST, DEFAULT_WS, ServerConfig
 from .core.spec import DEFAULT_QUEUES
 from .listeners import tls_endpoint
 from .ops.serverlog import FORMATS, ServerLog
+from .process.backends import DEFAULT_SPAWNER, SPAWNERS
 from .server import STORE_FILE, IServerReactor, Server, make_server
 
 __all__ = ["STORE_FILE", "Options", "makeService", "server_config"]
@@ -112,6 +113,9 @@ class Options(usage.Options):
          _number("max-string-chars", int, 64, 1 << 30)],
         ["kill-grace", None, 5.0, "Seconds between SIGTERM and SIGKILL when a job is killed.",
          _number("kill-grace", float, 0, 3600)],
+        ["spawner", None, DEFAULT_SPAWNER, "How commands are started: fast (posix_spawn and pidfds, Linux) or twisted "
+         "(reactor.spawnProcess, each command in a session of its own); see docs/processes.rst.",
+         _choice("spawner", tuple(SPAWNERS))],
         ["job-timeout", None, 0.0, "Seconds a job without a timeout of its own may run (0: no limit).",
          _number("job-timeout", float, 0, 10 * 365 * 86400)],
         ["token-ttl", None, 900.0, "Seconds a token stays valid without use.",
@@ -180,6 +184,8 @@ class Options(usage.Options):
             key = self["tls-key"] or self["tls-cert"]
             for name in ("ws", "rest"):
                 self[name] = tls_endpoint(self[name], os.path.abspath(self["tls-cert"]), os.path.abspath(key))
+        if self["spawner"] not in SPAWNERS:
+            raise usage.UsageError(f"--spawner must be one of {', '.join(SPAWNERS)}")
         check_wamp_options(self)
 
 

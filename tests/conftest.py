@@ -271,13 +271,28 @@ async def start_server(state_dir: str, *args: str) -> Server:
     return Server(service, options, HTTPConnectionPool(reactor, persistent=True))
 
 
+#: The ``--spawner`` backends.  A module of process-control tests runs every
+#: test under each with ``pytestmark = BOTH_SPAWNERS``: its servers get
+#: ``--spawner NAME`` (and a test may ask for ``spawner`` itself).
+SPAWNER_NAMES = ("fast", "twisted")
+BOTH_SPAWNERS = pytest.mark.parametrize("spawner", SPAWNER_NAMES, indirect=True)
+
+
 @pytest.fixture
-def make_server(tmp_path: Any) -> Any:
+def spawner(request: Any) -> str | None:
+    """The backend this test's servers start commands with (None: the server's default)."""
+    return getattr(request, "param", None)
+
+
+@pytest.fixture
+def make_server(tmp_path: Any, spawner: str | None) -> Any:
     started: list[Server] = []
     counter = [0]
 
     async def make(*args: str) -> Server:
         counter[0] += 1
+        if spawner is not None:
+            args = ("--spawner", spawner, *args)
         server = await start_server(str(tmp_path / f"state{counter[0]}"), *args)
         started.append(server)
         return server

@@ -17,7 +17,9 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..process.runner import JobRunner, stop_orphans
+from ..process.procs import ProcessTracker
+from ..process.runner import JobRunner
+from ..process.subreaper import stop_orphans
 from ..store.database import Store
 from ..store.records import HistoryPage
 from .events import EventHub
@@ -64,6 +66,7 @@ class Dispatcher(Service):
         update_interval: float = 1.0,
         runner_factory: RunnerFactory = JobRunner,
         store: Store | None = None,
+        processes: ProcessTracker | None = None,
     ) -> None:
         self.reactor = reactor
         self.kill_grace = kill_grace
@@ -72,6 +75,8 @@ class Dispatcher(Service):
         self.max_pending = max_pending
         self.environ = dict(os.environ if environ is None else environ)
         self.events = events if events is not None else EventHub(reactor)
+        #: Starts and tracks the processes of jobs (one per server).
+        self.processes = processes if processes is not None else ProcessTracker(reactor)
         self.store = store
         self.journal = Journal(store)
         self.scheduler = Scheduler(reactor, queues, self.journal, lambda job: self.runs.start(job))
@@ -80,7 +85,8 @@ class Dispatcher(Service):
         self.jobs = self.scheduler.jobs
         self.live = LiveUpdates(reactor, self.events, update_interval)
         self.runs = Runs(reactor, journal=self.journal, events=self.events, live=self.live,
-                         runner_factory=runner_factory, environ=self.environ, kill_grace=kill_grace,
+                         runner_factory=runner_factory, processes=self.processes, environ=self.environ,
+                         kill_grace=kill_grace,
                          job_timeout=job_timeout, remove=self.scheduler.remove,
                          ended=lambda _: self.scheduler.start_ready())
         self._runners = self.runs.runners
@@ -264,7 +270,7 @@ class Dispatcher(Service):
         else:
             d = succeed(None)
         # Then whatever orphans of jobs no job claimed (a subreaper server's).
-        d.addCallback(lambda _: stop_orphans(self.reactor, self.kill_grace))
+        d.addCallback(lambda _: stop_orphans(self.processes, self.kill_grace))
         return d.addCallback(lambda _: self.journal.close())
 
     @property

@@ -32,7 +32,7 @@ class Runner(Protocol):
     def kill(self) -> None: ...
 
 
-#: ``runner_factory(reactor, job, environ=..., kill_grace=..., on_output=...)``.
+#: ``runner_factory(reactor, job, environ=..., kill_grace=..., processes=..., on_output=...)``.
 RunnerFactory = Callable[..., Runner]
 
 
@@ -45,13 +45,15 @@ class Runs:
     """
 
     def __init__(self, reactor: ReactorTime, *, journal: Journal, events: EventHub, live: LiveUpdates,
-                 runner_factory: RunnerFactory, environ: Mapping[str, str], kill_grace: float,
+                 runner_factory: RunnerFactory, processes: object, environ: Mapping[str, str], kill_grace: float,
                  job_timeout: float, remove: Callable[[Job], None], ended: Callable[[Job], None]) -> None:
         self.reactor = reactor
         self.journal = journal
         self.events = events
         self.live = live
         self.runner_factory = runner_factory
+        #: What starts and tracks processes, handed to each runner.
+        self.processes = processes
         self.environ = environ
         self.kill_grace = kill_grace
         self.job_timeout = job_timeout
@@ -75,7 +77,7 @@ class Runs:
         self.tell(job, "started")
         try:
             runner = self.runner_factory(self.reactor, job, environ=self.environ, kill_grace=self.kill_grace,
-                                         on_output=self.live.output)
+                                         processes=self.processes, on_output=self.live.output)
             self.runners[job.id] = runner
             done = runner.start()
         except Exception as e:

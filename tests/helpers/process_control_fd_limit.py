@@ -10,18 +10,21 @@ from __future__ import annotations
 import json
 import os
 import resource
+import sys
 from typing import Any
 
 from twisted.internet import task
 from twisted.internet.defer import ensureDeferred
 
 from sysadm_dispatch import Dispatcher
+from sysadm_dispatch.process.procs import ProcessTracker
 
 
 async def main(reactor: Any) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
-    dispatcher = Dispatcher(reactor)
+    spawner = sys.argv[1] if len(sys.argv) > 1 else "fast"
+    dispatcher = Dispatcher(reactor, processes=ProcessTracker(reactor, spawner=spawner))
     dispatcher.startService()
     events: list[str] = []
     dispatcher.events.subscribe(

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest_twisted
 import treq
-from conftest import WSClient, poll, python_env, with_timeout
+from conftest import BOTH_SPAWNERS, WSClient, poll, python_env, with_timeout
 from twistd_helpers import free_port, spawn_twistd, wait_port
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -32,7 +32,7 @@ ensure = pytest_twisted.ensureDeferred
 class Twistd:
     """One run of the server on a state directory; REST and WebSocket clients for it."""
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, spawner: str | None = None) -> None:
         self.state_dir = state_dir
         self.ws_port, self.rest_port = free_port(), free_port()
         self.pool = HTTPConnectionPool(reactor, persistent=True)
@@ -41,6 +41,8 @@ class Twistd:
         args = ["sysadm-dispatch", "--state-dir", state_dir, "--kill-grace", "1",
                 "--ws", f"tcp:{self.ws_port}:interface=127.0.0.1",
                 "--rest", f"tcp:{self.rest_port}:interface=127.0.0.1"]
+        if spawner is not None:
+            args += ["--spawner", spawner]
         self.process, self.proto = spawn_twistd(args, python_env(), state_dir)
 
     async def ready(self) -> Twistd:
@@ -139,11 +141,11 @@ async def servers(tmp_path: Any, body: Callable[[list[Twistd]], Any]) -> None:
             await server.cleanup()
 
 
-async def start(tmp_path: Any, started: list[Twistd]) -> Twistd:
+async def start(tmp_path: Any, started: list[Twistd], spawner: str | None = None) -> Twistd:
     state = tmp_path / "state"
     state.mkdir(mode=0o700, exist_ok=True)
     for attempt in range(3):
-        server = Twistd(str(state))
+        server = Twistd(str(state), spawner)
         started.append(server)
         try:
             return await server.ready()
@@ -318,12 +320,13 @@ async def test_sigkill_during_a_burst_of_run_requests(tmp_path: Any) -> None:
     kill_groups(runs)
 
 
+@BOTH_SPAWNERS
 @ensure
-async def test_graceful_stop_keeps_pending_and_interrupts_running(tmp_path: Any) -> None:
+async def test_graceful_stop_keeps_pending_and_interrupts_running(tmp_path: Any, spawner: str) -> None:
     runs, order = tmp_path / "runs", tmp_path / "order"
 
     async def body(started: list[Twistd]) -> None:
-        first = await start(tmp_path, started)
+        first = await start(tmp_path, started, spawner)
         await first.run([{"id": "blocker", "commands": long_job(runs), "queue": "pkg_queue"},
                          {"id": "p0", "commands": appends(order, "p0"), "queue": "pkg_queue"},
                          {"id": "p1", "commands": appends(order, "p1"), "queue": "pkg_queue"}])

@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 import pytest_twisted
-from conftest import HERE, PYTHON, Server, WSClient, poll, with_timeout
+from conftest import BOTH_SPAWNERS, HERE, PYTHON, Server, WSClient, poll, with_timeout
 from fakes import FakeRunner
 from ops_helpers import metrics_port, scrape, value
 from twisted.internet import reactor
@@ -38,6 +38,7 @@ async def events_until_finished(client: WSClient, job_id: str, seconds: float = 
             return seen
 
 
+@BOTH_SPAWNERS
 @ensure
 async def test_event_sequence_and_streamed_output(make_server) -> None:
     server = await make_server("--update-interval", "0.2")
@@ -113,6 +114,7 @@ async def test_read_user_receives_events(server: Server) -> None:
     assert events[-1]["process_details"]["echo seen"] == "seen\n"
 
 
+@BOTH_SPAWNERS
 @ensure
 async def test_killed_pending_job_has_exactly_one_finished_event(server: Server) -> None:
     client = await server.ws()

@@ -22,12 +22,13 @@ from urllib.parse import quote
 
 import pytest_twisted
 from conftest import WSClient, with_timeout
+from fakes import FakeRunner
 from fuzz_strategies import batches, check_envelope, expectation
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from security_helpers import SyncClock, cheap_hash
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.python.failure import Failure
 
@@ -37,25 +38,9 @@ from sysadm_dispatch.auth.checker import UsersFileChecker
 from sysadm_dispatch.auth.login import Authenticator
 from sysadm_dispatch.auth.users import FULL, READ, User, UserEntry, write_users
 from sysadm_dispatch.core.dispatcher import Dispatcher
-from sysadm_dispatch.process.result import RunResult
 
 #: Who sends the requests (a blocked address less often: it gets 403 for everything).
 KINDS = ["anonymous", "full", "full", "reader", "reader", "blocked"]
-
-
-class FakeRunner:
-    """Runs nothing: the job stays running until it is killed."""
-
-    def __init__(self, reactor: Any, job: Any, **kwargs: Any) -> None:
-        self.job = job
-        self.done: Deferred[Any] = Deferred()
-
-    def start(self) -> Deferred[Any]:
-        return self.done
-
-    def kill(self, *, timed_out: bool = False) -> None:
-        if not self.done.called:
-            self.done.callback(RunResult("timed_out" if timed_out else "killed"))
 
 
 class Subscriptions:

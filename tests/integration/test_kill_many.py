@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest_twisted
 import treq
-from conftest import python_env, with_timeout
+from conftest import BOTH_SPAWNERS, python_env, with_timeout
 from twistd_helpers import ensure_stopped, free_port, spawn_twistd, wait_port
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
@@ -25,14 +25,15 @@ REPLY_BOUND = 1.0
 PENDING = 10_000
 
 
+@BOTH_SPAWNERS
 @pytest_twisted.ensureDeferred
-async def test_killing_10000_pending_jobs_keeps_answering_others(tmp_path: Any) -> None:
+async def test_killing_10000_pending_jobs_keeps_answering_others(tmp_path: Any, spawner: str) -> None:
     state_dir = str(tmp_path / "state")
     os.makedirs(state_dir)
     rest_port = free_port()
     process, proto = spawn_twistd(
         ["sysadm-dispatch", "--state-dir", state_dir, "--kill-grace", "1", "--ws", "tcp:0:interface=127.0.0.1",
-         "--rest", f"tcp:{rest_port}:interface=127.0.0.1"], python_env(), state_dir)
+         "--rest", f"tcp:{rest_port}:interface=127.0.0.1", "--spawner", spawner], python_env(), state_dir)
     pools = [HTTPConnectionPool(reactor, persistent=True) for _ in range(2)]
     try:
         await wait_port(rest_port, proto, 0.02)

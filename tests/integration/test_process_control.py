@@ -2,12 +2,12 @@
 Process control over real processes: whole trees killed (setsid grandchildren
 and double-forked daemons included), TERM then KILL, timeouts, shutdown that
 leaves nothing behind, output floods, hundreds of jobs at once, and commands
-that cannot start.  What is promised is in docs/processes.rst.
+that cannot start.  What is promised is in docs/processes.rst; every test
+here runs under both ``--spawner`` backends.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest_twisted
 import treq
-from conftest import HERE, PYTHON, Server, pid_alive, poll, python_env, with_timeout
+from conftest import BOTH_SPAWNERS, HERE, PYTHON, Server, pid_alive, poll, python_env, with_timeout
 from twistd_helpers import ensure_stopped, free_port, spawn_twistd, wait_port
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -23,10 +23,10 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.web.client import HTTPConnectionPool
 
 from sysadm_dispatch.auth.users import FULL, UserEntry, hash_password, write_users
-from sysadm_dispatch.process import procs
 from sysadm_dispatch.process.proctable import MARKER, read_stat
 
 ensure = pytest_twisted.ensureDeferred
+pytestmark = BOTH_SPAWNERS
 
 
 def session_of(pid: int) -> int:
@@ -301,7 +301,7 @@ async def test_stop_ends_what_a_finished_job_left_unclaimed(make_server, tmp_pat
 
 
 @ensure
-async def test_sigterm_to_twistd_leaves_no_process_behind(tmp_path) -> None:
+async def test_sigterm_to_twistd_leaves_no_process_behind(tmp_path, spawner) -> None:
     env = python_env()
     ws_port, rest_port = free_port(), free_port()
     users = tmp_path / "users"
@@ -309,7 +309,7 @@ async def test_sigterm_to_twistd_leaves_no_process_behind(tmp_path) -> None:
     process, proto = spawn_twistd(
         ["sysadm-dispatch", "--ws", f"tcp:{ws_port}:interface=127.0.0.1", "--rest",
          f"tcp:{rest_port}:interface=127.0.0.1", "--state-dir", str(tmp_path / "state"), "--users", str(users),
-         "--kill-grace", "0.5"],
+         "--kill-grace", "0.5", "--spawner", spawner],
         env, str(tmp_path),
     )
     pool = HTTPConnectionPool(reactor)
@@ -461,9 +461,9 @@ async def test_working_directory_removed_before_start_fails_only_that_job(server
     assert (await server.wait_finished("after"))["success"] == "true"
 
 
-def test_descriptor_exhaustion_fails_only_that_job(tmp_path) -> None:
+def test_descriptor_exhaustion_fails_only_that_job(tmp_path, spawner) -> None:
     helper = os.path.join(HERE, "helpers", "process_control_fd_limit.py")
-    out = subprocess.run([PYTHON, helper], env=python_env(), capture_output=True, text=True, timeout=60)
+    out = subprocess.run([PYTHON, helper, spawner], env=python_env(), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.splitlines()[-1])
     starved, after = result["starved"], result["after"]
@@ -488,7 +488,7 @@ class _Exit(ProcessProtocol):
 async def test_twisted_children_keep_their_exit_status(server: Server, tmp_path) -> None:
     # The server reaps the orphans of its jobs; a child started by Twisted
     # elsewhere in the process must still get its own exit status.
-    tracker = procs.tracker_for(reactor)
+    tracker = server.dispatcher.processes
     assert tracker.subreaper
     await server.run({"jobs": [{"id": f"j{i}", "commands": "sh -c '(sleep 0.05 &); sleep 0.1'"} for i in range(5)]})
     for i in range(5):
@@ -519,35 +519,3 @@ async def test_without_pidfds_exits_are_noticed_through_sigchld(server: Server, 
     pid = server.dispatcher._runners["killed"].pid
     await server.rest({"action": "kill", "job_id": "killed"})
     assert not pid_alive(pid)
-
-
-
-def test_output_pipe_grows_only_for_a_command_that_fills_it() -> None:
-    from twisted.internet.task import Clock
-
-    from sysadm_dispatch.process.spawn import PIPE_SIZE, OutputReader, open_output_pipe
-
-    class Reactor(Clock):
-        def addReader(self, reader: object) -> None:
-            pass
-
-        def removeReader(self, reader: object) -> None:
-            pass
-
-        def removeWriter(self, writer: object) -> None:
-            pass
-
-    sizes = {}
-    for name, amount in (("quiet", 100), ("flood", 1 << 16)):
-        read_fd, write_fd = open_output_pipe()
-        got: list[bytes] = []
-        reader = OutputReader(Reactor(), read_fd, got.append, lambda: None)
-        try:
-            os.write(write_fd, b"x" * amount)
-            reader.doRead()
-            assert b"".join(got) == b"x" * amount
-            sizes[name] = fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ)
-        finally:
-            os.close(write_fd)
-            reader.close()
-    assert sizes == {"quiet": 1 << 16, "flood": PIPE_SIZE}

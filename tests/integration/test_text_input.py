@@ -144,14 +144,14 @@ async def test_surrogate_pairs_are_text_and_run(server: Server) -> None:
 async def test_a_job_whose_start_fails_unexpectedly_finishes_cleanly(server: Server, monkeypatch) -> None:
     from sysadm_dispatch.process import procs
 
-    real = procs.ProcessTracker.start_command
+    real = procs.ProcessTracker.spawn
 
-    def broken(self: Any, tree: Any, argv: Any, *args: Any) -> Any:
-        if argv[0] == "echo" and argv[1:] == ("boom",):
+    def broken(self: Any, tree: Any, protocol: Any, executable: str, args: Any, *rest: Any) -> Any:
+        if args[1:] == ["boom"]:
             raise UnicodeEncodeError("utf-8", "x", 0, 1, "a stand-in for any unforeseen failure")
-        return real(self, tree, argv, *args)
+        return real(self, tree, protocol, executable, args, *rest)
 
-    monkeypatch.setattr(procs.ProcessTracker, "start_command", broken)
+    monkeypatch.setattr(procs.ProcessTracker, "spawn", broken)
     client = await server.ws()
     await client.call("subscribe", ["dispatcher"], namespace="events")
     await server.run({"broken": ["echo boom", "echo never"]})

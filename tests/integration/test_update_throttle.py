@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest_twisted
 from conftest import PYTHON, Server, WSClient
+from fakes import FakeRunner
 from twisted.internet.task import Clock
 
 from sysadm_dispatch.core.dispatcher import Dispatcher
@@ -76,20 +77,10 @@ def test_the_bound_skips_what_the_cap_dropped_in_one_marker() -> None:
 
 def test_a_big_burst_goes_out_in_bounded_updates_on_consecutive_turns() -> None:
     clock = Clock()
-    made: list[Any] = []
 
-    class Runner:
-        def __init__(self, reactor: Any, job: Job, *, on_output: Any, **_: Any) -> None:
-            self.job, self.on_output = job, on_output
-            made.append(self)
-
-        def start(self) -> Any:
-            from twisted.internet.defer import Deferred
-
-            self.job.begin_command()
-            return Deferred()
-
-    dispatcher = Dispatcher(clock, update_interval=1.0, runner_factory=Runner)
+    FakeRunner.made.clear()
+    made = FakeRunner.made
+    dispatcher = Dispatcher(clock, update_interval=1.0, runner_factory=FakeRunner)
     updates: list[tuple[float, str]] = []
     dispatcher.events.subscribe("dispatcher", lambda e: updates.append(
         (clock.seconds(), e.args["process_details"].get("cmd", ""))) if e.args["state"] == "running" else None)

@@ -75,7 +75,7 @@ def test_the_real_package_follows_the_arrows() -> None:
         ("core/dispatcher.py", "from ..auth.login import User\n"),
         ("auth/login.py", "from ..api.router import Router\n"),
         ("ops/metrics.py", "from ..transports.websocket import Factory\n"),
-        # The client speaks the wire protocol, and takes only auth.login of the server.
+        # The client speaks the wire protocol, and takes only auth.users of the server.
         ("client/main.py", "from ..core.job import Job\n"),
         ("client/main.py", "from ..auth.blocking import LoginGuard\n"),
         ("cli.py", "from .core.dispatcher import Dispatcher\n"),
@@ -96,7 +96,7 @@ def test_a_wrong_arrow_is_reported(tmp_path: Path, module: str, text: str) -> No
         ("ops/metrics.py", "from ..core.job import Job\nfrom ..store.database import Store\n"),
         ("core/dispatcher.py", "from ..process.runner import R\nfrom ..store.database import S\nfrom .job import J\n"),
         ("process/runner.py", "from .spawn import spawn\nfrom . import procs\nimport os\nfrom twisted import x\n"),
-        ("client/main.py", "from ..auth.login import default_state_dir\nfrom . import format\n"),
+        ("client/main.py", "from ..auth.users import default_state_dir\nfrom . import format\n"),
         ("cli.py", "from .auth.login import read_users\nfrom .client.main import handle\n"),
         ("server.py", "from .transports.rest import RestAPI\nfrom .core.dispatcher import D\nfrom .ops import metrics\n"),
         ("__init__.py", "from . import server\n"),

@@ -55,7 +55,7 @@ def test_keywords_build_the_server(tmp_path: Any) -> None:
 def test_a_config_and_keywords_together(tmp_path: Any) -> None:
     config = ServerConfig(state_dir=str(tmp_path / "state"), ws=LOCAL, rest=LOCAL, kill_grace=3.0)
     server = make_server(MemoryReactorClock(), config, job_timeout=7.0)
-    assert (server.dispatcher.kill_grace, server.dispatcher.job_timeout) == (3.0, 7.0)
+    assert (server.dispatcher.kill_grace, server.dispatcher.runs.job_timeout) == (3.0, 7.0)
     with pytest.raises(TypeError):
         make_server(MemoryReactorClock(), config, no_such_setting=1)
 

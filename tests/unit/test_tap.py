@@ -6,6 +6,7 @@ arguments parsed from lists, as twistd parses them.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import pytest
@@ -223,3 +224,25 @@ def test_make_service_uses_the_parsed_values(tmp_path: Any) -> None:
     users = read_users(options["users"])
     assert users["admin"].role == FULL
     assert oct(os.stat(tmp_path / "state").st_mode & 0o777) == oct(0o700)
+
+
+def test_spawner_defaults_per_platform_and_is_checked() -> None:
+    from sysadm_dispatch.process.backends import DEFAULT_SPAWNER
+
+    assert parse()["spawner"] == DEFAULT_SPAWNER == ("fast" if sys.platform.startswith("linux") else "twisted")
+    assert parse("--spawner", "twisted")["spawner"] == "twisted"
+    assert "--spawner 'posix': choose one of fast, twisted" in usage_error("--spawner", "posix")
+    assert "--spawner" in tap.Options().__str__()
+
+
+@pytest.mark.parametrize("spawner", ["fast", "twisted"])
+def test_make_service_hands_one_tracker_to_the_dispatcher_and_the_subreaper(tmp_path: Any, spawner: str) -> None:
+    options = parse("--state-dir", str(tmp_path / "state"), "--ws", "tcp:0:interface=127.0.0.1",
+                    "--rest", "tcp:0:interface=127.0.0.1", "--spawner", spawner)
+    reactor = MemoryReactorClock()
+    service = tap.makeService(options, reactor=reactor)
+    tracker = service.dispatcher.processes
+    assert tracker.spawner == spawner and tracker.reactor is reactor
+    subreaper = service.getServiceNamed("subreaper")
+    assert subreaper.tracker is tracker
+    assert [child.step for child in subreaper] == [2.0]  # its reaping loop: a TimerService child
