@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.logger import Logger
 
 log = Logger()
@@ -68,10 +69,10 @@ class ConnectionCounter:
         return sum(self._open.values())
 
 
-#: WebSocket close codes (RFC 6455): an idle connection is closed normally; one
-#: that never authenticated broke the server's policy.
-CLOSE_NORMAL = 1000
-CLOSE_POLICY_VIOLATION = 1008
+#: WebSocket close codes (RFC 6455), as Autobahn names them: an idle connection
+#: is closed normally; one that never authenticated broke the server's policy.
+CLOSE_NORMAL = WebSocketProtocol.CLOSE_STATUS_CODE_NORMAL
+CLOSE_POLICY_VIOLATION = WebSocketProtocol.CLOSE_STATUS_CODE_POLICY_VIOLATION
 
 
 class SessionTimer:

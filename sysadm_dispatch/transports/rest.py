@@ -15,7 +15,7 @@ from http import HTTPStatus
 from typing import Any, cast
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -23,7 +23,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import NotFound
 
-from ..api.router import PUBLIC, Router, RPCError, Session, error_reply, settled
+from ..api.router import Router, RPCError, Session, error_reply
 from ..auth.blocking import AddressBlocked
 from ..auth.login import LoginBusy, LoginFailed, User
 from ..ops.health import HealthCheck
@@ -306,7 +306,8 @@ class RestAPI:
             if key == ("rpc", "auth") or _header(request, b"authorization")[:6].lower() == "basic ":
                 self.router.auth.count_login("rest", "blocked")
             return refuse(e.code, e.detail)
-        if key not in PUBLIC:
+        public = self.router.is_public(*key)
+        if not public:
             header = _header(request, b"authorization")
             scheme, _, value = header.partition(" ")
             scheme, value = scheme.lower(), value.strip()
@@ -319,7 +320,7 @@ class RestAPI:
                     self._basic(header)
                 except RPCError as e:
                     return refuse(e.code, e.detail)
-        if key not in PUBLIC and scheme == "basic":
+        if not public and scheme == "basic":
             if length is not None and length > self.max_message_bytes:
                 return refuse(413, f"the body is {length} bytes, more than the limit of {self.max_message_bytes}")
             self._screen_basic(request, session, *self._basic(header), refuse)
@@ -329,34 +330,34 @@ class RestAPI:
 
     def _screen_basic(self, request: _BoundedRequest, session: Session, username: str, password: str,
                       refuse: Any) -> None:
-        d = self.router.auth.login_cached(username, password, session.peer, transport="rest")
-        if settled(d)[0]:
-            # A cached success (or a refusal known at once).
-            failure: list[Failure] = []
-            d.addErrback(failure.append)
-            if failure:
-                self._basic_refusal(failure[0], username, session, refuse)
-            else:
-                request.max_body = self.max_message_bytes
-            return
         channel: Any = request.channel
         transport: Any = channel.transport
-        transport.pauseProducing()
         handed: Deferred[User] = Deferred()
-        request.basic_login = handed
+        # A cached success (or a refusal known at once) answers before
+        # ``addCallbacks`` returns; only a check still running pauses the connection.
+        answered = waiting = False
 
         def ok(user: User) -> None:
+            nonlocal answered
+            answered = True
             request.max_body = self.max_message_bytes
-            transport.resumeProducing()
-            handed.callback(user)
+            if waiting:
+                transport.resumeProducing()
+                handed.callback(user)
 
         def failed(f: Failure) -> None:
-            if request.processing:
+            nonlocal answered
+            answered = True
+            if waiting and request.processing:
                 handed.errback(f)  # the request is being served: it answers
             else:
                 self._basic_refusal(f, username, session, refuse)
 
-        d.addCallbacks(ok, failed)
+        self.router.auth.login_cached(username, password, session.peer, transport="rest").addCallbacks(ok, failed)
+        if not answered:
+            waiting = True
+            transport.pauseProducing()  # nothing more is read meanwhile
+            request.basic_login = handed
 
     def _basic_refusal(self, f: Failure, username: str, session: Session, refuse: Any) -> None:
         if f.check(AddressBlocked):
@@ -457,19 +458,15 @@ class RestAPI:
             d = self.router.handle_request(session, namespace, name, request_id, args)
             return d.addCallback(lambda envelope: self._answer(request, envelope))
 
-        if (namespace, name) not in PUBLIC:
+        if not self.router.is_public(namespace, name):
             try:
-                waiting = self._authenticate(request, session)
+                checked = self._authenticate(request, session)
             except RPCError as e:
                 return self._answer(request, error_reply(refusal_namespace, "", e))
-            if waiting is not None:
-                return waiting.addCallbacks(respond, refused)
-        elif (namespace, name) == ("rpc", "auth_clear"):
+            return checked.addCallbacks(respond, refused)
+        if (namespace, name) == ("rpc", "auth_clear"):
             self._bearer(request, session)
-        # Most requests are answered at once: no Deferred for Klein to wait on.
-        d = respond()
-        done, body = settled(d)
-        return body if done else d
+        return respond()
 
     def _bearer(self, request: Any, session: Session) -> None:
         header = _header(request, b"authorization")
@@ -477,11 +474,11 @@ class RestAPI:
         if scheme.lower() == "bearer" and value.strip():
             session.token = value.strip()
 
-    def _authenticate(self, request: Any, session: Session) -> Deferred[None] | None:
+    def _authenticate(self, request: Any, session: Session) -> Deferred[None]:
         """
-        Check the request's credentials: ``None`` when that is settled at once
-        (a token, or cached Basic credentials), else a Deferred.  Raises or
-        fails with ``RPCError``.
+        Check the request's credentials: a Deferred that fires when they are
+        good (at once for a token: the router checks it), or fails with
+        ``RPCError``; raises it for credentials that cannot be good.
         """
         header = _header(request, b"authorization")
         if not header:
@@ -491,7 +488,7 @@ class RestAPI:
         value = value.strip()
         if scheme == "bearer" and value:
             session.token = value
-            return None
+            return succeed(None)
         username, password = self._basic(header)
 
         def ok(user: User) -> None:
@@ -510,8 +507,7 @@ class RestAPI:
         started = getattr(request, "basic_login", None)
         login = started if started is not None else self.router.auth.login_cached(
             username, password, session.peer, transport="rest")
-        d = login.addCallbacks(ok, failed)
-        return None if settled(d)[0] else d
+        return login.addCallbacks(ok, failed)
 
     @app.route("/health", methods=None)
     def health_check(self, request: Any) -> Any:

@@ -6,24 +6,23 @@ the requests arrived, and the events each connection subscribed to.
 from __future__ import annotations
 
 import json
-import struct
 from collections import Counter, deque
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..api.router import Router, RPCError, Session, error_reply, settled
+from ..api.router import Router, RPCError, Session, error_reply
 from ..core.events import Event, EventBatch, EventHub, Subscription
-from .limits import CLOSE_NORMAL, ConnectionCounter, SessionTimer, client_address, peer_host
+from .limits import ConnectionCounter, SessionTimer, client_address, peer_host
 
 log = Logger()
 
-CLOSE_POLICY_VIOLATION = 1008
 #: Requests that may wait behind a login on one connection.
 MAX_HELD = 1000
 #: Bytes of an opening handshake (its HTTP request) held before it is refused.
@@ -31,20 +30,15 @@ MAX_HANDSHAKE_BYTES = 64 << 10
 
 
 def text_frame(payload: bytes) -> bytes:
-    """A final, unmasked text frame (RFC 6455 5.2) holding ``payload``, as a server sends."""
-    size = len(payload)
-    if size < 126:
-        return bytes((0x81, size)) + payload
-    if size < 1 << 16:
-        return struct.pack("!BBH", 0x81, 126, size) + payload
-    return struct.pack("!BBQ", 0x81, 127, size) + payload
+    """A final, unmasked text frame (RFC 6455 5.2) holding ``payload``, as a server sends: framed by Autobahn."""
+    return PreparedMessage(payload, isBinary=False, applyMask=False, doNotCompress=True).payloadHybi
 
 
-def _frame(event: Event) -> bytes:
-    """The event as a WebSocket frame, made once whoever else sends it."""
+def _prepared(event: Event, factory: WebSocketServerFactory) -> bytes:
+    """The event's frame, prepared once for every connection that sends it."""
     frame: bytes | None = event.cache.get("websocket")
     if frame is None:
-        frame = event.cache["websocket"] = text_frame(event.frame)
+        frame = event.cache["websocket"] = factory.prepareMessage(event.frame, doNotCompress=True).payloadHybi
     return frame
 
 
@@ -163,6 +157,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         self._too_big = False
         self._timer: SessionTimer | None = None
         self._counted = False
+        self._handshake_bytes = 0
 
     # Connection life.
 
@@ -207,8 +202,9 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
     def _timed_out(self, code: int, reason: str) -> None:
         log.info("closing websocket connection from {peer}: {reason}", peer=self.session.peer, reason=reason)
-        self.factory.dropped["idle" if code == CLOSE_NORMAL else "auth_timeout"] += 1
-        if code == CLOSE_NORMAL:
+        normal = code == WebSocketProtocol.CLOSE_STATUS_CODE_NORMAL
+        self.factory.dropped["idle" if normal else "auth_timeout"] += 1
+        if normal:
             self.sendClose(code, reason)
         else:
             # sendClose takes only application codes; 1008 is the standard's own.
@@ -242,16 +238,17 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         self._size = 0
         self._too_big = False
 
-    def _dataReceived(self, data: bytes) -> None:
-        if self.state == self.STATE_CONNECTING and len(self.data) + len(data) > MAX_HANDSHAKE_BYTES:
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == self.STATE_CONNECTING:
             # An opening handshake that never ends must not grow without bound.
-            transport: Any = self.transport
-            log.info("dropping a connection from {peer}: its handshake passed {limit} bytes",
-                     peer=peer_host(transport.getPeer()), limit=MAX_HANDSHAKE_BYTES)
-            self.data = b""
-            transport.abortConnection()
-            return
-        super()._dataReceived(data)
+            self._handshake_bytes += len(data)
+            if self._handshake_bytes > MAX_HANDSHAKE_BYTES:
+                transport: Any = self.transport
+                log.info("dropping a connection from {peer}: its handshake passed {limit} bytes",
+                         peer=peer_host(transport.getPeer()), limit=MAX_HANDSHAKE_BYTES)
+                transport.abortConnection()
+                return
+        super().dataReceived(data)
 
     def _message_limit(self) -> int:
         """The largest message accepted now: small until the connection has logged in."""
@@ -302,7 +299,8 @@ class DispatchServerProtocol(WebSocketServerProtocol):
             return
         d = self.factory.router.handle_bytes(self.session, payload)
         self._reply_when(d)
-        if self.session.logging_in and not settled(d)[0]:
+        if self.session.logging_in:
+            # A login still under way (one that ended at once is counted out already).
             self._held = deque()
             d.addBoth(self._release_held)
 
@@ -318,12 +316,6 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         return result
 
     def _reply_when(self, d: Deferred[dict[str, Any] | None]) -> None:
-        done, reply = settled(d)
-        if done and not self._replies:
-            # Answered at once, and nothing before it is waiting: send now.
-            if reply is not None:
-                self._queue_out(text_frame(_encode(reply)))
-            return
         slot = _Slot()
         self._replies.append(slot)
 
@@ -339,7 +331,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         while self._replies and self._replies[0].ready:
             reply = self._replies.popleft().reply
             if reply is not None:
-                self._queue_out(text_frame(_encode(reply)))
+                self._queue_out(self.factory.prepareMessage(_encode(reply), doNotCompress=True).payloadHybi)
 
     # Events.
 
@@ -356,7 +348,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         frames = batch.cache.get("websocket")
         if frames is None:
             # Encoded and framed once, for every subscriber: one write each.
-            frames = batch.cache["websocket"] = b"".join(_frame(event) for event in batch.events)
+            frames = batch.cache["websocket"] = b"".join(_prepared(event, self.factory) for event in batch.events)
         self._queue_out(frames)
 
     # Writing, through the outbox.
@@ -369,13 +361,14 @@ class DispatchServerProtocol(WebSocketServerProtocol):
     def write_out(self, frame: bytes) -> None:
         if self.state != self.STATE_OPEN:
             return
-        if self._perMessageCompress is None and not self.send_queue:
-            # What autobahn's sendData does in this case, less the arguments
-            # of a debug log line that cost a fifth of a busy reactor's time.
-            transport: Any = self.transport
-            transport.write(frame)
-        else:
-            self.sendData(frame)
+        # What sendPreparedMessage does with a prepared frame (the factory
+        # accepts no compression offer, so frames go out as prepared, and
+        # nothing here sends in Autobahn's synchronous mode, so its send
+        # queue stays empty), less the arguments of a debug log line that
+        # cost a fifth of a busy reactor's time.  Both conditions are pinned
+        # by tests/unit/test_websocket_memory.py.
+        transport: Any = self.transport
+        transport.write(frame)
 
     def revoked(self) -> None:
         """Its user's password or role changed, or the user is gone: the session ends now."""
@@ -403,7 +396,8 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         # The close frame may never be read; autobahn drops the connection
         # when the closing handshake times out.
         # (sendClose only takes application codes; 1008 is the standard's own.)
-        self.sendCloseFrame(code=CLOSE_POLICY_VIOLATION, reasonUtf8=b"too slow: backlog over limit", isReply=False)
+        self.sendCloseFrame(code=WebSocketProtocol.CLOSE_STATUS_CODE_POLICY_VIOLATION,
+                            reasonUtf8=b"too slow: backlog over limit", isReply=False)
 
 
 class DispatchServerFactory(WebSocketServerFactory):
