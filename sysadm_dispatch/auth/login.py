@@ -248,7 +248,7 @@ class UsersFileChecker:
                 self.on_users_changed(changed)
         self._stamp = stamp
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:  # type: ignore[override]  # never ANONYMOUS
         entry = self.users.get(credentials.username.decode("utf-8", "replace"))
         if entry is None:
             # Spend the same time as for a real user, so a reply's timing
@@ -280,7 +280,7 @@ class Realm:
     def __init__(self, role_of: Any) -> None:
         self.role_of = role_of
 
-    def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> tuple[Any, User, Any]:
+    def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> tuple[Any, User, Any]:  # type: ignore[override]  # never ANONYMOUS
         name = avatarId.decode()
         role = self.role_of(name)
         if IUser not in interfaces or role is None:

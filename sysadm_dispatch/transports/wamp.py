@@ -23,6 +23,7 @@ from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import PublishOptions, RegisterOptions
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
 from ..api.router import Router, RPCError, Session, check_message
@@ -108,7 +109,7 @@ class WampHost(Service):
         cra_secret: str | None = None,
         full_role: str = FULL_ROLE,
         read_role: str = READ_ROLE,
-        reactor: Any = None,
+        reactor: IReactorCore,
         max_retry_delay: float = 30.0,
     ) -> None:
         self.router = router
@@ -146,10 +147,7 @@ class WampHost(Service):
 
     def startService(self) -> None:
         super().startService()
-        reactor = self.reactor
-        if reactor is None:
-            from twisted.internet import reactor
-        self._done = self.component.start(reactor)
+        self._done = self.component.start(self.reactor)
         self._done.addErrback(lambda f: log.failure("the WAMP connection to {url} gave up", f, url=self.url))
 
     def stopService(self) -> Any:

@@ -13,7 +13,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -68,7 +68,7 @@ class _Outbox:
     dropped, however big one burst is.
     """
 
-    def __init__(self, protocol: DispatchServerProtocol, limit: int, grace: float, clock: Any) -> None:
+    def __init__(self, protocol: DispatchServerProtocol, limit: int, grace: float, clock: IReactorTime) -> None:
         self.protocol = protocol
         self.limit = limit
         self.grace = grace
@@ -77,7 +77,7 @@ class _Outbox:
         self.queue: deque[bytes] = deque()
         self.size = 0
         self.overflowed = False
-        self._over_since: Any = None  # the call that drops the client if it stays over the limit
+        self._over_since: IDelayedCall | None = None  # the call that drops the client if it stays over the limit
         self._drained_at = clock.seconds()
 
     def send(self, frame: bytes) -> None:
