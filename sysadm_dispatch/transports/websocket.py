@@ -9,24 +9,22 @@ import json
 from collections import Counter, deque
 from typing import Any
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from ..api.router import Router, RPCError, Session, error_reply
 from ..core.events import Event, EventBatch, EventHub, Subscription
+from .bounded import BoundedServerProtocol
 from .limits import ConnectionCounter, SessionTimer, client_address, peer_host
+from .outbox import Outbox
 
 log = Logger()
 
 #: Requests that may wait behind a login on one connection.
 MAX_HELD = 1000
-#: Bytes of an opening handshake (its HTTP request) held before it is refused.
-MAX_HANDSHAKE_BYTES = 64 << 10
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -46,92 +44,6 @@ def _encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-#: Past this many times the backlog limit, a client that has taken nothing for
-#: ``STALLED_SECONDS`` is dropped at once: memory's bound against one that does not read.
-HARD_BACKLOG_FACTOR = 16
-STALLED_SECONDS = 1.0
-
-
-@implementer(IPushProducer)
-class _Outbox:
-    """
-    What waits to be written to one client.  The transport pauses it when
-    its own buffer is full; from then on messages queue here.
-
-    Slowness is judged over time, not by one burst: a client is given up
-    only when what waits for it has stayed above ``limit`` bytes for
-    ``grace`` seconds on end (it is not reading, or reads slower than its
-    events come), or at once past ``HARD_BACKLOG_FACTOR`` times ``limit``
-    if it has taken nothing for ``STALLED_SECONDS`` (so a client that does
-    not read cannot hold more memory than that).  A client that reads as
-    fast as it can drains any burst well within ``grace`` and is never
-    dropped, however big one burst is.
-    """
-
-    def __init__(self, protocol: DispatchServerProtocol, limit: int, grace: float, clock: IReactorTime) -> None:
-        self.protocol = protocol
-        self.limit = limit
-        self.grace = grace
-        self.clock = clock
-        self.paused = False
-        self.queue: deque[bytes] = deque()
-        self.size = 0
-        self.overflowed = False
-        self._over_since: IDelayedCall | None = None  # the call that drops the client if it stays over the limit
-        self._drained_at = clock.seconds()
-
-    def send(self, frame: bytes) -> None:
-        """``frame``: a whole WebSocket frame, ready for the wire."""
-        if self.overflowed:
-            return
-        if not self.paused and not self.queue:
-            self.protocol.write_out(frame)
-            return
-        self.queue.append(frame)
-        self.size += len(frame)
-        if self.size > self.limit * HARD_BACKLOG_FACTOR and self.clock.seconds() - self._drained_at >= STALLED_SECONDS:
-            self._give_up(f"more than {self.limit * HARD_BACKLOG_FACTOR} bytes waiting for it, and nothing taken "
-                          f"for {STALLED_SECONDS:g} s")
-        elif self.size > self.limit and self._over_since is None:
-            self._over_since = self.clock.callLater(self.grace, self._still_over)
-
-    def _still_over(self) -> None:
-        self._over_since = None
-        if self.size > self.limit:
-            self._give_up(f"more than {self.limit} bytes waiting for it for {self.grace:g} s")
-
-    def _give_up(self, why: str) -> None:
-        self.overflowed = True
-        self._clear()
-        self.protocol.too_slow(why)
-
-    def _clear(self) -> None:
-        self.queue.clear()
-        self.size = 0
-        if self._over_since is not None:
-            if self._over_since.active():
-                self._over_since.cancel()
-            self._over_since = None
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self._drained_at = self.clock.seconds()
-        while self.queue and not self.paused:
-            frame = self.queue.popleft()
-            self.size -= len(frame)
-            self.protocol.write_out(frame)
-        if self.size <= self.limit and self._over_since is not None:
-            if self._over_since.active():
-                self._over_since.cancel()
-            self._over_since = None
-
-    def stopProducing(self) -> None:
-        self._clear()
-
-
 class _Slot:
     __slots__ = ("ready", "reply")
 
@@ -140,24 +52,21 @@ class _Slot:
         self.reply: dict[str, Any] | None = None
 
 
-class DispatchServerProtocol(WebSocketServerProtocol):
+class DispatchServerProtocol(BoundedServerProtocol):
     """One client connection: its session, its pending replies, its subscriptions."""
 
     factory: DispatchServerFactory
 
     def __init__(self) -> None:
         super().__init__()
-        self.outbox: _Outbox | None = None
+        self.outbox: Outbox | None = None
         self.session = Session(peer="")
         self._replies: deque[_Slot] = deque()
         self._held: deque[bytes] | None = None
         self._held_bytes = 0
         self._subscriptions: dict[str, Subscription] = {}
-        self._size = 0
-        self._too_big = False
         self._timer: SessionTimer | None = None
         self._counted = False
-        self._handshake_bytes = 0
 
     # Connection life.
 
@@ -189,7 +98,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         log.debug("websocket connection from {peer}", peer=self.session.peer)
-        self.outbox = _Outbox(self, self.factory.max_backlog_bytes, self.factory.backlog_grace,
+        self.outbox = Outbox(self, self.factory.max_backlog_bytes, self.factory.backlog_grace,
                               self.factory.router.dispatcher.reactor)
         self.registerProducer(self.outbox, True)
         factory = self.factory
@@ -228,63 +137,24 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         self._replies.clear()
         self._held = None
 
-    # Messages, with the size limit applied while they arrive so an
-    # oversized one is never held in memory whole.
+    # Messages (their size bounded while they arrive: see bounded.py).
 
     def onMessageBegin(self, isBinary: bool) -> None:
         super().onMessageBegin(isBinary)
         if self._timer is not None:
             self._timer.activity()
-        self._size = 0
-        self._too_big = False
 
-    def dataReceived(self, data: bytes) -> None:
-        if self.state == self.STATE_CONNECTING:
-            # An opening handshake that never ends must not grow without bound.
-            self._handshake_bytes += len(data)
-            if self._handshake_bytes > MAX_HANDSHAKE_BYTES:
-                transport: Any = self.transport
-                log.info("dropping a connection from {peer}: its handshake passed {limit} bytes",
-                         peer=peer_host(transport.getPeer()), limit=MAX_HANDSHAKE_BYTES)
-                transport.abortConnection()
-                return
-        super().dataReceived(data)
-
-    def _message_limit(self) -> int:
+    def message_limit(self) -> int:
         """The largest message accepted now: small until the connection has logged in."""
         limit = self.factory.router.max_message_bytes
         if self.session.user is None:
             return min(limit, self.factory.max_unauthenticated_bytes)
         return limit
 
-    def onMessageFrameData(self, payload: bytes) -> None:
-        self._size += len(payload)
-        if self._too_big or self._size > self._message_limit():
-            self._too_big = True
-            self.frame_data = []
-            self.message_data = []
-            return
-        super().onMessageFrameData(payload)
-
-    def onMessageFrameEnd(self) -> None:
-        if self._too_big:
-            self.frame_data = None  # type: ignore[assignment]
-            return
-        super().onMessageFrameEnd()
-
-    def onMessageEnd(self) -> None:
-        if not self._too_big:
-            # What autobahn's onMessageEnd does, less the per-message signal
-            # (a future per message) that nothing here listens to.
-            payload = b"".join(self.message_data)
-            self.message_data = None  # type: ignore[assignment]
-            self.onMessage(payload, self.message_is_binary)
-            return
-        self.message_data = None  # type: ignore[assignment]
-        limit = self._message_limit()
+    def message_refused(self, size: int, limit: int) -> None:
         before_login = " before login" if limit < self.factory.router.max_message_bytes else ""
-        e = RPCError(413, f"the message is at least {self._size} bytes, more than the limit of {limit}{before_login}")
-        self._reply_when(_fired(error_reply("rpc", "", e)))
+        e = RPCError(413, f"the message is at least {size} bytes, more than the limit of {limit}{before_login}")
+        self._reply_when(succeed(error_reply("rpc", "", e)))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._held is not None:
@@ -292,7 +162,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
             if len(self._held) >= MAX_HELD or self._held_bytes + len(payload) > self.factory.max_unauthenticated_bytes:
                 e = RPCError(503, f"more than {MAX_HELD} requests or {self.factory.max_unauthenticated_bytes} bytes "
                              "are waiting for a login to finish")
-                self._reply_when(_fired(error_reply("rpc", "", e)))
+                self._reply_when(succeed(error_reply("rpc", "", e)))
             else:
                 self._held.append(payload)
                 self._held_bytes += len(payload)
@@ -382,7 +252,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         self.session.token = None
         e = RPCError(401, f"the session of user {name!r} has ended: its password or role changed, or the user "
                           "was removed; log in again")
-        self._reply_when(_fired(error_reply("rpc", "", e)))
+        self._reply_when(succeed(error_reply("rpc", "", e)))
 
     def too_slow(self, why: str) -> None:
         log.warn(
@@ -474,9 +344,3 @@ def make_websocket_factory(
     """The WebSocket server factory, to listen with on any stream endpoint."""
     return DispatchServerFactory(router, router.dispatcher.events, max_backlog_bytes=max_backlog_bytes,
                                  backlog_grace=backlog_grace)
-
-
-def _fired(value: Any) -> Deferred[Any]:
-    d: Deferred[Any] = Deferred()
-    d.callback(value)
-    return d
