@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
+from ..api.handlers.auth import NAMES as LOGIN_NAMES
 from ..api.router import Router, RPCError, Session, check_message
 from ..auth.login import FULL, READ, User, UsersFileError, check_private
 from ..core.events import EventBatch, Subscription
@@ -235,7 +236,7 @@ class WampHost(Service):
         if not isinstance(namespace, str) or not isinstance(name, str):
             missing = "namespace" if not isinstance(namespace, str) else "name"
             raise RPCError(400, f"{missing} must be a string")
-        if namespace == "rpc" and name in ("auth", "auth_token", "auth_clear"):
+        if namespace == "rpc" and name in LOGIN_NAMES:
             raise RPCError(400, f"rpc/{name} is not used over WAMP: the router authenticated the caller, "
                                 "whose WAMP role decides what it may do")
         if namespace == "events":

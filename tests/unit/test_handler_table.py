@@ -14,11 +14,14 @@ import json
 import os
 import shutil
 import tempfile
+from types import SimpleNamespace
 from typing import Any
 
+from autobahn.wamp.exception import ApplicationError
 from security_helpers import SyncClock, cheap_hash
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from sysadm_dispatch.api.envelope import RPCError
@@ -28,6 +31,7 @@ from sysadm_dispatch.api.table import Call, HandlerTable, Role
 from sysadm_dispatch.auth.login import FULL, READ, Authenticator, UserEntry, UsersFileChecker, write_users
 from sysadm_dispatch.core.dispatcher import Dispatcher
 from sysadm_dispatch.transports.rest import RestAPI
+from sysadm_dispatch.transports.wamp import WampHost
 
 PASSWORDS = {"alice": "pw-a", "bob": "pw-b"}
 
@@ -207,3 +211,24 @@ class StandardPathsOverRestTests(TableTestCase):
         self.assertEqual(response.headers.getRawHeaders("Allow"), ["PUT, POST"])
         code, body = self.put(stub, "/rpc/nope", {})
         self.assertEqual(code, 401)  # unknown, and not public: log in first
+
+
+class WampThroughTheTableTests(TableTestCase):
+    """WAMP calls reach the same table, with the caller's role from its WAMP authrole."""
+
+    def call(self, request: Any, role: str) -> Any:
+        host = WampHost(self.router, "ws://127.0.0.1:1/", host="h", ticket="t", reactor=MemoryReactorClock())
+        return host._call(request, details=SimpleNamespace(caller_authid="carol", caller_authrole=role))
+
+    def test_a_new_action_over_wamp(self) -> None:
+        request = {"namespace": "rpc", "name": "maintenance", "args": {"action": "reset", "what": "x"}}
+        self.assertEqual(self.successResultOf(self.call(request, "operator")), {"reset": "x"})
+        failure = self.failureResultOf(self.call(request, "viewer"), ApplicationError)
+        self.assertEqual(failure.value.kwargs["code"], 403)
+        listed = self.successResultOf(self.call({"namespace": "rpc", "name": "query"}, "viewer"))
+        self.assertEqual(listed["rpc/maintenance"], "read")
+
+    def test_the_login_area_is_not_used_over_wamp(self) -> None:
+        failure = self.failureResultOf(self.call({"namespace": "rpc", "name": "auth_token", "args": {}}, "viewer"),
+                                       ApplicationError)
+        self.assertEqual(failure.value.kwargs["code"], 400)

@@ -14,6 +14,10 @@ from ..table import Call, HandlerTable, Role
 
 log = Logger()
 
+#: The requests of this area: a transport whose peers are authenticated by
+#: other means (WAMP: the router did it) refuses them.
+NAMES = ("auth", "auth_token", "auth_clear")
+
 
 def register(table: HandlerTable) -> None:
     table.register("rpc", "auth", login, role=Role.PUBLIC, login=True)
