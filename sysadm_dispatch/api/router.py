@@ -124,21 +124,20 @@ class Router:
         self, session: Session, namespace: str, name: str, request_id: str, args: Any
     ) -> Deferred[dict[str, Any] | None]:
         """One parsed request; fires with its reply envelope (never fails)."""
-        echo = echo_namespace(namespace)
-
-        def answered(result: Any) -> dict[str, Any] | None:
-            if self.table.is_silent(namespace, name):
-                return None
-            return reply(echo, request_id, result)
-
-        def failed(f: Failure) -> dict[str, Any]:
-            if f.check(RPCError):
-                return error_reply(echo, request_id, cast(RPCError, f.value))
-            log.failure("bug while handling {namespace}/{name}", f, namespace=namespace, name=name)
-            return error_reply(echo, request_id, RPCError(500, "internal error; the server log has the details"))
-
         d = self.table.call(self, session, namespace, name, args)
-        return d.addCallbacks(answered, failed)
+        where = (echo_namespace(namespace), request_id, namespace, name)
+        return d.addCallbacks(self._answered, self._failed, callbackArgs=where, errbackArgs=where)
+
+    def _answered(self, result: Any, echo: str, request_id: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.table.is_silent(namespace, name):
+            return None
+        return reply(echo, request_id, result)
+
+    def _failed(self, f: Failure, echo: str, request_id: str, namespace: str, name: str) -> dict[str, Any]:
+        if f.check(RPCError):
+            return error_reply(echo, request_id, cast(RPCError, f.value))
+        log.failure("bug while handling {namespace}/{name}", f, namespace=namespace, name=name)
+        return error_reply(echo, request_id, RPCError(500, "internal error; the server log has the details"))
 
     def _refusal(self, session: Session, namespace: str, request_id: str, e: RPCError) -> Deferred[Any]:
         """An early error reply; a blocked address gets its 403 instead, whatever it sent."""

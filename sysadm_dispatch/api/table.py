@@ -62,13 +62,15 @@ class Services(Protocol):
     def table(self) -> HandlerTable: ...
 
 
-@dataclass(frozen=True)
 class Call:
     """One request, as a handler receives it."""
 
-    services: Services
-    session: Session
-    args: Any
+    __slots__ = ("args", "services", "session")
+
+    def __init__(self, services: Services, session: Session, args: Any) -> None:
+        self.services = services
+        self.session = session
+        self.args = args
 
 
 Handler = Callable[[Call], "Deferred[Any]"]
@@ -97,9 +99,12 @@ class _Name:
     #: A login attempt: one from a blocked address is counted as a blocked login.
     login: bool = False
 
-    @property
-    def public(self) -> bool:
-        return all(entry.role is Role.PUBLIC for entry in self.entries.values())
+    #: Every entry is public (kept up to date by ``add``: it is asked on every request).
+    public: bool = True
+
+    def add(self, entry: Entry) -> None:
+        self.entries[entry.action] = entry
+        self.public = self.public and entry.role is Role.PUBLIC
 
     @property
     def actions(self) -> list[str]:
@@ -133,7 +138,7 @@ class HandlerTable:
             known = self._names[(namespace, name)] = _Name({}, silent, unscreened, login)
         elif action in known.entries or (action is None) != (None in known.entries):
             raise ValueError(f"{namespace}/{name}: {action or 'a handler'} is registered already")
-        known.entries[action] = Entry(namespace, name, action, role, handler, what)
+        known.add(Entry(namespace, name, action, role, handler, what))
 
     def names(self) -> list[tuple[str, str]]:
         """Every ``(namespace, name)`` a client may send, in the order registered."""
@@ -178,12 +183,16 @@ class HandlerTable:
         for; fails with ``RPCError`` for a refusal, anything else for a bug.
         """
         try:
-            return self._call(services, session, namespace, name, args)
+            d = self._call(self._names.get((namespace, name)), services, session, namespace, name, args)
         except Exception:
             return fail(Failure())
+        if not isinstance(d, Deferred):
+            bug = TypeError(f"the handler of {namespace}/{name} returned {type(d).__name__}, not a Deferred")
+            return fail(bug)
+        return d
 
-    def _call(self, services: Services, session: Session, namespace: str, name: str, args: Any) -> Deferred[Any]:
-        known = self._names.get((namespace, name))
+    def _call(self, known: _Name | None, services: Services, session: Session, namespace: str, name: str,
+              args: Any) -> Any:
         auth = services.auth
         # Before anything else, and so before any password or token is looked at.
         if known is None or not known.unscreened:
@@ -200,22 +209,19 @@ class HandlerTable:
         entry = self._entry(known, name, args)
         if entry.role is Role.FULL:
             require_full(auth, session, entry.what, args)
-        d = entry.handler(Call(services, session, args))
-        if not isinstance(d, Deferred):
-            raise TypeError(f"the handler of {namespace}/{name} returned {type(d).__name__}, not a Deferred")
-        return d
+        return entry.handler(Call(services, session, args))
 
     def _entry(self, known: _Name, name: str, args: Any) -> Entry:
         if None in known.entries:
             return known.entries[None]
+        action = args.get("action") if isinstance(args, dict) else None
+        entry = known.entries.get(action) if isinstance(action, str) else None
+        if entry is not None:
+            return entry
         actions = known.actions
         choices = actions[0] if len(actions) == 1 else f"{', '.join(actions[:-1])} or {actions[-1]}"
         if not isinstance(args, dict):
             raise RPCError(400, f"{name}: args must be an object with an action")
-        action = args.get("action")
         if action is None:
             raise RPCError(400, f"{name}: action is missing ({choices})")
-        entry = known.entries.get(action) if isinstance(action, str) else None
-        if entry is None:
-            raise RPCError(400, f"{name}: unknown action {str(action)[:64]!r} ({choices})")
-        return entry
+        raise RPCError(400, f"{name}: unknown action {str(action)[:64]!r} ({choices})")

@@ -188,13 +188,16 @@ class DispatchServerProtocol(BoundedServerProtocol):
     def _reply_when(self, d: Deferred[dict[str, Any] | None]) -> None:
         slot = _Slot()
         self._replies.append(slot)
+        d.addCallback(self._ready, slot)
 
-        def ready(reply: dict[str, Any] | None) -> None:
-            slot.ready = True
-            slot.reply = reply
+    def _ready(self, reply: dict[str, Any] | None, slot: _Slot) -> None:
+        # (The router's Deferreds never fail: this is the only callback.)
+        slot.ready = True
+        slot.reply = reply
+        try:
             self._flush()
-
-        d.addCallback(ready).addErrback(lambda f: log.failure("reply failed", f))
+        except Exception:
+            log.failure("sending a reply failed")
 
     def _flush(self) -> None:
         # Replies leave in the order their requests arrived.
