@@ -124,6 +124,8 @@ class WampHost(Service):
         self.joined = 0
         self._events: Subscription | None = None
         self._done: Deferred[Any] | None = None
+        #: The component is running (started, and has not given up).
+        self._connected = False
         self._publish = PublishOptions(exclude_me=True, acknowledge=False)
         authentication: dict[str, Any] = {}
         if ticket is not None:
@@ -148,13 +150,18 @@ class WampHost(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._connected = True
         self._done = self.component.start(self.reactor)
         self._done.addErrback(lambda f: log.failure("the WAMP connection to {url} gave up", f, url=self.url))
+        self._done.addBoth(self._component_ended)
+
+    def _component_ended(self, result: object) -> None:
+        self._connected = False
 
     def stopService(self) -> Any:
         super().stopService()
         self._stop_events()
-        if self._done is None or self._done.called:
+        if not self._connected:
             return None
         d = self.component.stop()
         return d.addErrback(lambda f: None) if isinstance(d, Deferred) else None
