@@ -107,7 +107,7 @@ class UsersFileChecker:
                 self.on_users_changed(changed)
         self._stamp = stamp
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:  # type: ignore[override]  # never ANONYMOUS
         entry = self.users.get(credentials.username.decode("utf-8", "replace"))
         if entry is None:
             # Spend the same time as for a real user, so a reply's timing

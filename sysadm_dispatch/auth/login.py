@@ -35,7 +35,7 @@ class Realm:
     def __init__(self, role_of: Callable[[str], str | None]) -> None:
         self.role_of = role_of
 
-    def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> tuple[Any, User, Any]:
+    def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> tuple[Any, User, Any]:  # type: ignore[override]  # never ANONYMOUS
         name = avatarId.decode()
         role = self.role_of(name)
         if IUser not in interfaces or role is None:

@@ -12,6 +12,8 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 log = Logger()
@@ -68,10 +70,10 @@ class ConnectionCounter:
         return sum(self._open.values())
 
 
-#: WebSocket close codes (RFC 6455): an idle connection is closed normally; one
-#: that never authenticated broke the server's policy.
-CLOSE_NORMAL = 1000
-CLOSE_POLICY_VIOLATION = 1008
+#: WebSocket close codes (RFC 6455), as Autobahn names them: an idle connection
+#: is closed normally; one that never authenticated broke the server's policy.
+CLOSE_NORMAL = WebSocketProtocol.CLOSE_STATUS_CODE_NORMAL
+CLOSE_POLICY_VIOLATION = WebSocketProtocol.CLOSE_STATUS_CODE_POLICY_VIOLATION
 
 
 class SessionTimer:
@@ -83,7 +85,7 @@ class SessionTimer:
 
     def __init__(
         self,
-        clock: Any,
+        clock: IReactorTime,
         *,
         idle: float,
         auth: float,
@@ -96,8 +98,8 @@ class SessionTimer:
         self.authenticated = authenticated
         self.close = close
         self._last = clock.seconds()
-        self._idle_call: Any = None
-        self._auth_call: Any = None
+        self._idle_call: IDelayedCall | None = None
+        self._auth_call: IDelayedCall | None = None
 
     def start(self) -> None:
         self._last = self.clock.seconds()
@@ -148,7 +150,7 @@ class _CalmAccept:
     once per ``report_every`` seconds, with how often it happened since.
     """
 
-    def __init__(self, sock: Any, port: Any, clock: Any, pause: float, report_every: float) -> None:
+    def __init__(self, sock: Any, port: Any, clock: IReactorTime, pause: float, report_every: float) -> None:
         self._sock = sock
         self._port = port
         self._clock = clock
@@ -201,7 +203,7 @@ class _CalmAccept:
             self._port.startReading()
 
 
-def calm_accept(port: Any, clock: Any, *, pause: float = 0.1, report_every: float = 60.0) -> None:
+def calm_accept(port: Any, clock: IReactorTime, *, pause: float = 0.1, report_every: float = 60.0) -> None:
     """Make ``port`` (a listening port of Twisted's) pause, not spin, when out of descriptors."""
     sock = getattr(port, "socket", None)
     if sock is None or isinstance(sock, _CalmAccept) or not hasattr(sock, "accept"):

@@ -23,8 +23,10 @@ from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import PublishOptions, RegisterOptions
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
+from ..api.handlers.auth import NAMES as LOGIN_NAMES
 from ..api.router import Router, RPCError, Session, check_message
 from ..auth.users import FULL, READ, User, UsersFileError, check_private
 from ..core.events import EventBatch, Subscription
@@ -108,7 +110,7 @@ class WampHost(Service):
         cra_secret: str | None = None,
         full_role: str = FULL_ROLE,
         read_role: str = READ_ROLE,
-        reactor: Any = None,
+        reactor: IReactorCore,
         max_retry_delay: float = 30.0,
     ) -> None:
         self.router = router
@@ -122,6 +124,8 @@ class WampHost(Service):
         self.joined = 0
         self._events: Subscription | None = None
         self._done: Deferred[Any] | None = None
+        #: The component is running (started, and has not given up).
+        self._connected = False
         self._publish = PublishOptions(exclude_me=True, acknowledge=False)
         authentication: dict[str, Any] = {}
         if ticket is not None:
@@ -146,16 +150,18 @@ class WampHost(Service):
 
     def startService(self) -> None:
         super().startService()
-        reactor = self.reactor
-        if reactor is None:
-            from twisted.internet import reactor
-        self._done = self.component.start(reactor)
+        self._connected = True
+        self._done = self.component.start(self.reactor)
         self._done.addErrback(lambda f: log.failure("the WAMP connection to {url} gave up", f, url=self.url))
+        self._done.addBoth(self._component_ended)
+
+    def _component_ended(self, result: object) -> None:
+        self._connected = False
 
     def stopService(self) -> Any:
         super().stopService()
         self._stop_events()
-        if self._done is None or self._done.called:
+        if not self._connected:
             return None
         d = self.component.stop()
         return d.addErrback(lambda f: None) if isinstance(d, Deferred) else None
@@ -237,7 +243,7 @@ class WampHost(Service):
         if not isinstance(namespace, str) or not isinstance(name, str):
             missing = "namespace" if not isinstance(namespace, str) else "name"
             raise RPCError(400, f"{missing} must be a string")
-        if namespace == "rpc" and name in ("auth", "auth_token", "auth_clear"):
+        if namespace == "rpc" and name in LOGIN_NAMES:
             raise RPCError(400, f"rpc/{name} is not used over WAMP: the router authenticated the caller, "
                                 "whose WAMP role decides what it may do")
         if namespace == "events":

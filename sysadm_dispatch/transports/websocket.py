@@ -6,136 +6,42 @@ the requests arrived, and the events each connection subscribed to.
 from __future__ import annotations
 
 import json
-import struct
 from collections import Counter, deque
 from typing import Any
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
-from zope.interface import implementer
 
-from ..api.router import Router, RPCError, Session, error_reply, settled
+from ..api.router import Router, RPCError, Session, error_reply
 from ..core.events import Event, EventBatch, EventHub, Subscription
-from .limits import CLOSE_NORMAL, ConnectionCounter, SessionTimer, client_address, peer_host
+from .bounded import BoundedServerProtocol
+from .limits import ConnectionCounter, SessionTimer, client_address, peer_host
+from .outbox import Outbox
 
 log = Logger()
 
-CLOSE_POLICY_VIOLATION = 1008
 #: Requests that may wait behind a login on one connection.
 MAX_HELD = 1000
-#: Bytes of an opening handshake (its HTTP request) held before it is refused.
-MAX_HANDSHAKE_BYTES = 64 << 10
 
 
 def text_frame(payload: bytes) -> bytes:
-    """A final, unmasked text frame (RFC 6455 5.2) holding ``payload``, as a server sends."""
-    size = len(payload)
-    if size < 126:
-        return bytes((0x81, size)) + payload
-    if size < 1 << 16:
-        return struct.pack("!BBH", 0x81, 126, size) + payload
-    return struct.pack("!BBQ", 0x81, 127, size) + payload
+    """A final, unmasked text frame (RFC 6455 5.2) holding ``payload``, as a server sends: framed by Autobahn."""
+    return PreparedMessage(payload, isBinary=False, applyMask=False, doNotCompress=True).payloadHybi
 
 
-def _frame(event: Event) -> bytes:
-    """The event as a WebSocket frame, made once whoever else sends it."""
+def _prepared(event: Event, factory: WebSocketServerFactory) -> bytes:
+    """The event's frame, prepared once for every connection that sends it."""
     frame: bytes | None = event.cache.get("websocket")
     if frame is None:
-        frame = event.cache["websocket"] = text_frame(event.frame)
+        frame = event.cache["websocket"] = factory.prepareMessage(event.frame, doNotCompress=True).payloadHybi
     return frame
 
 
 def _encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-#: Past this many times the backlog limit, a client that has taken nothing for
-#: ``STALLED_SECONDS`` is dropped at once: memory's bound against one that does not read.
-HARD_BACKLOG_FACTOR = 16
-STALLED_SECONDS = 1.0
-
-
-@implementer(IPushProducer)
-class _Outbox:
-    """
-    What waits to be written to one client.  The transport pauses it when
-    its own buffer is full; from then on messages queue here.
-
-    Slowness is judged over time, not by one burst: a client is given up
-    only when what waits for it has stayed above ``limit`` bytes for
-    ``grace`` seconds on end (it is not reading, or reads slower than its
-    events come), or at once past ``HARD_BACKLOG_FACTOR`` times ``limit``
-    if it has taken nothing for ``STALLED_SECONDS`` (so a client that does
-    not read cannot hold more memory than that).  A client that reads as
-    fast as it can drains any burst well within ``grace`` and is never
-    dropped, however big one burst is.
-    """
-
-    def __init__(self, protocol: DispatchServerProtocol, limit: int, grace: float, clock: Any) -> None:
-        self.protocol = protocol
-        self.limit = limit
-        self.grace = grace
-        self.clock = clock
-        self.paused = False
-        self.queue: deque[bytes] = deque()
-        self.size = 0
-        self.overflowed = False
-        self._over_since: Any = None  # the call that drops the client if it stays over the limit
-        self._drained_at = clock.seconds()
-
-    def send(self, frame: bytes) -> None:
-        """``frame``: a whole WebSocket frame, ready for the wire."""
-        if self.overflowed:
-            return
-        if not self.paused and not self.queue:
-            self.protocol.write_out(frame)
-            return
-        self.queue.append(frame)
-        self.size += len(frame)
-        if self.size > self.limit * HARD_BACKLOG_FACTOR and self.clock.seconds() - self._drained_at >= STALLED_SECONDS:
-            self._give_up(f"more than {self.limit * HARD_BACKLOG_FACTOR} bytes waiting for it, and nothing taken "
-                          f"for {STALLED_SECONDS:g} s")
-        elif self.size > self.limit and self._over_since is None:
-            self._over_since = self.clock.callLater(self.grace, self._still_over)
-
-    def _still_over(self) -> None:
-        self._over_since = None
-        if self.size > self.limit:
-            self._give_up(f"more than {self.limit} bytes waiting for it for {self.grace:g} s")
-
-    def _give_up(self, why: str) -> None:
-        self.overflowed = True
-        self._clear()
-        self.protocol.too_slow(why)
-
-    def _clear(self) -> None:
-        self.queue.clear()
-        self.size = 0
-        if self._over_since is not None:
-            if self._over_since.active():
-                self._over_since.cancel()
-            self._over_since = None
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self._drained_at = self.clock.seconds()
-        while self.queue and not self.paused:
-            frame = self.queue.popleft()
-            self.size -= len(frame)
-            self.protocol.write_out(frame)
-        if self.size <= self.limit and self._over_since is not None:
-            if self._over_since.active():
-                self._over_since.cancel()
-            self._over_since = None
-
-    def stopProducing(self) -> None:
-        self._clear()
 
 
 class _Slot:
@@ -146,21 +52,19 @@ class _Slot:
         self.reply: dict[str, Any] | None = None
 
 
-class DispatchServerProtocol(WebSocketServerProtocol):
+class DispatchServerProtocol(BoundedServerProtocol):
     """One client connection: its session, its pending replies, its subscriptions."""
 
     factory: DispatchServerFactory
 
     def __init__(self) -> None:
         super().__init__()
-        self.outbox: _Outbox | None = None
+        self.outbox: Outbox | None = None
         self.session = Session(peer="")
         self._replies: deque[_Slot] = deque()
         self._held: deque[bytes] | None = None
         self._held_bytes = 0
         self._subscriptions: dict[str, Subscription] = {}
-        self._size = 0
-        self._too_big = False
         self._timer: SessionTimer | None = None
         self._counted = False
 
@@ -194,7 +98,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         log.debug("websocket connection from {peer}", peer=self.session.peer)
-        self.outbox = _Outbox(self, self.factory.max_backlog_bytes, self.factory.backlog_grace,
+        self.outbox = Outbox(self, self.factory.max_backlog_bytes, self.factory.backlog_grace,
                               self.factory.router.dispatcher.reactor)
         self.registerProducer(self.outbox, True)
         factory = self.factory
@@ -207,8 +111,9 @@ class DispatchServerProtocol(WebSocketServerProtocol):
 
     def _timed_out(self, code: int, reason: str) -> None:
         log.info("closing websocket connection from {peer}: {reason}", peer=self.session.peer, reason=reason)
-        self.factory.dropped["idle" if code == CLOSE_NORMAL else "auth_timeout"] += 1
-        if code == CLOSE_NORMAL:
+        normal = code == WebSocketProtocol.CLOSE_STATUS_CODE_NORMAL
+        self.factory.dropped["idle" if normal else "auth_timeout"] += 1
+        if normal:
             self.sendClose(code, reason)
         else:
             # sendClose takes only application codes; 1008 is the standard's own.
@@ -232,62 +137,24 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         self._replies.clear()
         self._held = None
 
-    # Messages, with the size limit applied while they arrive so an
-    # oversized one is never held in memory whole.
+    # Messages (their size bounded while they arrive: see bounded.py).
 
     def onMessageBegin(self, isBinary: bool) -> None:
         super().onMessageBegin(isBinary)
         if self._timer is not None:
             self._timer.activity()
-        self._size = 0
-        self._too_big = False
 
-    def _dataReceived(self, data: bytes) -> None:
-        if self.state == self.STATE_CONNECTING and len(self.data) + len(data) > MAX_HANDSHAKE_BYTES:
-            # An opening handshake that never ends must not grow without bound.
-            transport: Any = self.transport
-            log.info("dropping a connection from {peer}: its handshake passed {limit} bytes",
-                     peer=peer_host(transport.getPeer()), limit=MAX_HANDSHAKE_BYTES)
-            self.data = b""
-            transport.abortConnection()
-            return
-        super()._dataReceived(data)
-
-    def _message_limit(self) -> int:
+    def message_limit(self) -> int:
         """The largest message accepted now: small until the connection has logged in."""
         limit = self.factory.router.max_message_bytes
         if self.session.user is None:
             return min(limit, self.factory.max_unauthenticated_bytes)
         return limit
 
-    def onMessageFrameData(self, payload: bytes) -> None:
-        self._size += len(payload)
-        if self._too_big or self._size > self._message_limit():
-            self._too_big = True
-            self.frame_data = []
-            self.message_data = []
-            return
-        super().onMessageFrameData(payload)
-
-    def onMessageFrameEnd(self) -> None:
-        if self._too_big:
-            self.frame_data = None  # type: ignore[assignment]
-            return
-        super().onMessageFrameEnd()
-
-    def onMessageEnd(self) -> None:
-        if not self._too_big:
-            # What autobahn's onMessageEnd does, less the per-message signal
-            # (a future per message) that nothing here listens to.
-            payload = b"".join(self.message_data)
-            self.message_data = None  # type: ignore[assignment]
-            self.onMessage(payload, self.message_is_binary)
-            return
-        self.message_data = None  # type: ignore[assignment]
-        limit = self._message_limit()
+    def message_refused(self, size: int, limit: int) -> None:
         before_login = " before login" if limit < self.factory.router.max_message_bytes else ""
-        e = RPCError(413, f"the message is at least {self._size} bytes, more than the limit of {limit}{before_login}")
-        self._reply_when(_fired(error_reply("rpc", "", e)))
+        e = RPCError(413, f"the message is at least {size} bytes, more than the limit of {limit}{before_login}")
+        self._reply_when(succeed(error_reply("rpc", "", e)))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._held is not None:
@@ -295,14 +162,15 @@ class DispatchServerProtocol(WebSocketServerProtocol):
             if len(self._held) >= MAX_HELD or self._held_bytes + len(payload) > self.factory.max_unauthenticated_bytes:
                 e = RPCError(503, f"more than {MAX_HELD} requests or {self.factory.max_unauthenticated_bytes} bytes "
                              "are waiting for a login to finish")
-                self._reply_when(_fired(error_reply("rpc", "", e)))
+                self._reply_when(succeed(error_reply("rpc", "", e)))
             else:
                 self._held.append(payload)
                 self._held_bytes += len(payload)
             return
         d = self.factory.router.handle_bytes(self.session, payload)
         self._reply_when(d)
-        if self.session.logging_in and not settled(d)[0]:
+        if self.session.logging_in:
+            # A login still under way (one that ended at once is counted out already).
             self._held = deque()
             d.addBoth(self._release_held)
 
@@ -318,28 +186,25 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         return result
 
     def _reply_when(self, d: Deferred[dict[str, Any] | None]) -> None:
-        done, reply = settled(d)
-        if done and not self._replies:
-            # Answered at once, and nothing before it is waiting: send now.
-            if reply is not None:
-                self._queue_out(text_frame(_encode(reply)))
-            return
         slot = _Slot()
         self._replies.append(slot)
+        d.addCallback(self._ready, slot)
 
-        def ready(reply: dict[str, Any] | None) -> None:
-            slot.ready = True
-            slot.reply = reply
+    def _ready(self, reply: dict[str, Any] | None, slot: _Slot) -> None:
+        # (The router's Deferreds never fail: this is the only callback.)
+        slot.ready = True
+        slot.reply = reply
+        try:
             self._flush()
-
-        d.addCallback(ready).addErrback(lambda f: log.failure("reply failed", f))
+        except Exception:
+            log.failure("sending a reply failed")
 
     def _flush(self) -> None:
         # Replies leave in the order their requests arrived.
         while self._replies and self._replies[0].ready:
             reply = self._replies.popleft().reply
             if reply is not None:
-                self._queue_out(text_frame(_encode(reply)))
+                self._queue_out(self.factory.prepareMessage(_encode(reply), doNotCompress=True).payloadHybi)
 
     # Events.
 
@@ -356,7 +221,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         frames = batch.cache.get("websocket")
         if frames is None:
             # Encoded and framed once, for every subscriber: one write each.
-            frames = batch.cache["websocket"] = b"".join(_frame(event) for event in batch.events)
+            frames = batch.cache["websocket"] = b"".join(_prepared(event, self.factory) for event in batch.events)
         self._queue_out(frames)
 
     # Writing, through the outbox.
@@ -369,13 +234,14 @@ class DispatchServerProtocol(WebSocketServerProtocol):
     def write_out(self, frame: bytes) -> None:
         if self.state != self.STATE_OPEN:
             return
-        if self._perMessageCompress is None and not self.send_queue:
-            # What autobahn's sendData does in this case, less the arguments
-            # of a debug log line that cost a fifth of a busy reactor's time.
-            transport: Any = self.transport
-            transport.write(frame)
-        else:
-            self.sendData(frame)
+        # What sendPreparedMessage does with a prepared frame (the factory
+        # accepts no compression offer, so frames go out as prepared, and
+        # nothing here sends in Autobahn's synchronous mode, so its send
+        # queue stays empty), less the arguments of a debug log line that
+        # cost a fifth of a busy reactor's time.  Both conditions are pinned
+        # by tests/unit/test_websocket_memory.py.
+        transport: Any = self.transport
+        transport.write(frame)
 
     def revoked(self) -> None:
         """Its user's password or role changed, or the user is gone: the session ends now."""
@@ -389,7 +255,7 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         self.session.token = None
         e = RPCError(401, f"the session of user {name!r} has ended: its password or role changed, or the user "
                           "was removed; log in again")
-        self._reply_when(_fired(error_reply("rpc", "", e)))
+        self._reply_when(succeed(error_reply("rpc", "", e)))
 
     def too_slow(self, why: str) -> None:
         log.warn(
@@ -403,7 +269,8 @@ class DispatchServerProtocol(WebSocketServerProtocol):
         # The close frame may never be read; autobahn drops the connection
         # when the closing handshake times out.
         # (sendClose only takes application codes; 1008 is the standard's own.)
-        self.sendCloseFrame(code=CLOSE_POLICY_VIOLATION, reasonUtf8=b"too slow: backlog over limit", isReply=False)
+        self.sendCloseFrame(code=WebSocketProtocol.CLOSE_STATUS_CODE_POLICY_VIOLATION,
+                            reasonUtf8=b"too slow: backlog over limit", isReply=False)
 
 
 class DispatchServerFactory(WebSocketServerFactory):
@@ -480,9 +347,3 @@ def make_websocket_factory(
     """The WebSocket server factory, to listen with on any stream endpoint."""
     return DispatchServerFactory(router, router.dispatcher.events, max_backlog_bytes=max_backlog_bytes,
                                  backlog_grace=backlog_grace)
-
-
-def _fired(value: Any) -> Deferred[Any]:
-    d: Deferred[Any] = Deferred()
-    d.callback(value)
-    return d

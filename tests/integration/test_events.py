@@ -448,10 +448,10 @@ class _Wire:
 
 
 def test_outbox_judges_slowness_over_time() -> None:
-    from sysadm_dispatch.transports.websocket import _Outbox
+    from sysadm_dispatch.transports.outbox import Outbox
 
     clock, wire = Clock(), _Wire()
-    outbox = wire.outbox = _Outbox(wire, 1000, 5.0, clock)  # type: ignore[arg-type]
+    outbox = wire.outbox = Outbox(wire, 1000, 5.0, clock)  # type: ignore[arg-type]
     # One burst far over the limit, drained within the grace: kept.
     outbox.pauseProducing()
     outbox.send(b"x" * 10_000)
@@ -475,10 +475,10 @@ def test_outbox_judges_slowness_over_time() -> None:
 
 
 def test_outbox_drops_a_stalled_client_past_the_hard_bound() -> None:
-    from sysadm_dispatch.transports.websocket import HARD_BACKLOG_FACTOR, _Outbox
+    from sysadm_dispatch.transports.outbox import HARD_BACKLOG_FACTOR, Outbox
 
     clock, wire = Clock(), _Wire()
-    outbox = _Outbox(wire, 1000, 5.0, clock)  # type: ignore[arg-type]
+    outbox = Outbox(wire, 1000, 5.0, clock)  # type: ignore[arg-type]
     outbox.pauseProducing()
     outbox.send(b"x" * (1000 * HARD_BACKLOG_FACTOR + 1))  # one huge burst: not judged yet
     assert not wire.gave_up

@@ -228,7 +228,7 @@ class EnvelopeTests(RouterTestCase):
                              namespace=expect)
 
     def test_every_non_public_request_needs_auth(self) -> None:
-        for namespace, name in self.router.handlers:
+        for namespace, name in self.router.table.names():
             if (namespace, name) in PUBLIC:
                 continue
             self.assertError(self.call(self.session(), name, {"action": "list"}, namespace=namespace), 401,

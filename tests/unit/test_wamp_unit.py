@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from sysadm_dispatch import tap
@@ -70,7 +71,7 @@ def test_a_bad_secret_file_stops_the_server_with_one_line(tmp_path: Any) -> None
 
 
 def test_roles_come_from_the_callers_authrole() -> None:
-    host = WampHost(SimpleNamespace(), "ws://127.0.0.1:1/", host="h", ticket="t")  # type: ignore[arg-type]
+    host = WampHost(SimpleNamespace(), "ws://127.0.0.1:1/", host="h", ticket="t", reactor=MemoryReactorClock())  # type: ignore[arg-type]
     operator = host.session_for(SimpleNamespace(caller_authid="alice", caller_authrole="operator"))
     assert (operator.user.name, operator.user.role, operator.transport) == ("alice", FULL, "wamp")  # type: ignore[union-attr]
     viewer = host.session_for(SimpleNamespace(caller_authid="bob", caller_authrole="viewer"))
