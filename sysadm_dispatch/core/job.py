@@ -128,15 +128,21 @@ class Job:
     @property
     def killed(self) -> bool:
         if self.outcome is None:
-            return self.kill_request is not None
+            # Winding down: what was asked shows until the outcome is known.
+            request = self.kill_request
+            return request is not None and not (request.shutdown or request.timeout)
         return self.outcome is Outcome.KILLED
 
     @property
     def timed_out(self) -> bool:
+        if self.outcome is None:
+            return self.kill_request is not None and self.kill_request.timeout
         return self.outcome is Outcome.TIMED_OUT
 
     @property
     def interrupted(self) -> bool:
+        if self.outcome is None:
+            return self.kill_request is not None and self.kill_request.shutdown
         return self.outcome is Outcome.INTERRUPTED
 
     # Life cycle, driven by the dispatcher and the runner.
@@ -155,11 +161,11 @@ class Job:
     def end_command(self, exit_code: int) -> None:
         self.return_codes.append(exit_code)
 
-    def request_kill(self, by: str | None, *, shutdown: bool = False) -> bool:
+    def request_kill(self, by: str | None, *, shutdown: bool = False, timeout: bool = False) -> bool:
         """Note a request to end the job; False if an earlier one (or its end) came first."""
         if self.kill_request is not None or self.outcome is not None:
             return False
-        self.kill_request = KillRequest(by, shutdown)
+        self.kill_request = KillRequest(by, shutdown, timeout)
         self.killed_by = by
         return True
 

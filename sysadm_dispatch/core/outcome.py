@@ -33,6 +33,8 @@ class KillRequest:
     by: str | None
     #: Asked by the server's own stop: the job ends ``interrupted``, not ``killed``.
     shutdown: bool = False
+    #: The job's own ``timeout`` ran out (the runner said so): it ends ``timed_out``.
+    timeout: bool = False
 
 
 def decide(commands: int, return_codes: Sequence[int], result: RunResult | None,

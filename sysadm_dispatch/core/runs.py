@@ -77,7 +77,8 @@ class Runs:
         self.tell(job, "started")
         try:
             runner = self.runner_factory(self.reactor, job, environ=self.environ, kill_grace=self.kill_grace,
-                                         processes=self.processes, on_output=self.live.output)
+                                         processes=self.processes, on_output=self.live.output,
+                                         on_timeout=self.timed_out)
             self.runners[job.id] = runner
             done = runner.start()
         except Exception as e:
@@ -92,6 +93,10 @@ class Runs:
             self._run_over(None, job)
             return
         done.addCallback(self._run_over, job)
+
+    def timed_out(self, job: Job) -> None:
+        """The job's timeout ran out: it shows ``timed_out`` (by ``timeout``) while its processes end."""
+        job.request_kill("timeout", timeout=True)
 
     def _run_over(self, result: RunResult | None, job: Job) -> None:
         self.runners.pop(job.id, None)

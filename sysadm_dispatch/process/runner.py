@@ -122,8 +122,11 @@ class JobRunner(Generic[J]):
         kill_grace: float,
         processes: ProcessTracker,
         on_output: Callable[[J, int, bytes], None] | None = None,
+        on_timeout: Callable[[J], None] | None = None,
     ) -> None:
         self.processes = processes
+        #: Told as soon as the job's timeout runs out (before its processes are gone).
+        self.on_timeout = on_timeout
         self.reactor = reactor
         self.job = job
         self.kill_grace = kill_grace
@@ -244,6 +247,8 @@ class JobRunner(Generic[J]):
 
     def _timed_out(self) -> None:
         log.info("job {job_id}: timed out after {seconds}s", job_id=self.job.id, seconds=self.job.timeout)
+        if self.on_timeout is not None and self.stopped is None:
+            self.on_timeout(self.job)
         self.kill(timed_out=True)
 
     def _signal_all(self, name: str | None) -> Deferred[int]:

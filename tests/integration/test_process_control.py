@@ -221,6 +221,29 @@ async def test_job_timeout_ends_the_whole_tree(server: Server, tmp_path) -> None
 
 
 @ensure
+async def test_a_timed_out_job_shows_it_while_its_processes_end(make_server) -> None:
+    """From the moment its timeout runs out, not only once it has finished: ``timed_out``, by ``timeout``."""
+    server = await make_server("--kill-grace", "2")
+    command = "sh -c 'trap \"\" TERM; echo ready; while true; do sleep 0.05; done'"
+    await server.run({"jobs": [{"id": "stubborn", "commands": command, "timeout": 0.3}]})
+    client = await server.ws()
+
+    async def live() -> dict:
+        return (await client.call("logs", {"action": "job", "job_id": "stubborn"}))["args"]
+
+    record = await live()
+    deadline = reactor.seconds() + 30
+    while record["state"] == "running" and record["killed_by"] is None and reactor.seconds() < deadline:
+        record = await live()
+    assert record["state"] == "running", "seen winding down: TERM is ignored for the 2 s grace"
+    assert (record["timed_out"], record["killed"], record["killed_by"]) == (True, False, "timeout")
+    await client.call("dispatcher", {"action": "kill", "job_id": ["stubborn"]})  # changes nothing now
+    final = await server.wait_finished("stubborn")
+    assert (final["timed_out"], final["killed"], final["killed_by"], final["escalated"]) == (
+        True, False, "timeout", True)
+
+
+@ensure
 async def test_server_default_job_timeout_and_a_job_s_own(make_server) -> None:
     server = await make_server("--job-timeout", "0.3")
     await server.run({"jobs": [{"id": "default", "commands": "sleep 300"},

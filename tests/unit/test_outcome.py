@@ -104,3 +104,23 @@ def test_a_timed_out_job_was_ended_by_the_timeout_whoever_asked_after() -> None:
     job.finish(2.0, decide(2, [143], RunResult("timed_out", "SIGTERM"), job.kill_request))
     record = job.record()
     assert (record["timed_out"], record["killed"], record["killed_by"]) == (True, False, "timeout")
+
+
+def test_a_timeout_shows_while_the_job_winds_down_and_a_later_kill_changes_nothing() -> None:
+    job = running([])
+    assert job.request_kill("timeout", timeout=True)
+    assert not job.request_kill("alice")
+    record = job.record()
+    assert (record["state"], record["timed_out"], record["killed"], record["interrupted"], record["killed_by"]) == (
+        "running", True, False, False, "timeout")
+    job.finish(2.0, decide(2, [143], RunResult("timed_out", "SIGTERM"), job.kill_request))
+    record = job.record()
+    assert (record["timed_out"], record["killed"], record["killed_by"], job.outcome) == (
+        True, False, "timeout", Outcome.TIMED_OUT)
+
+
+def test_a_shutdown_shows_interrupted_not_killed_while_the_job_winds_down() -> None:
+    job = running([])
+    job.request_kill("shutdown", shutdown=True)
+    record = job.record()
+    assert (record["killed"], record["interrupted"], record["timed_out"]) == (False, True, False)

@@ -144,6 +144,29 @@ def test_timeout_fires_at_its_time_and_is_recorded() -> None:
     assert clock.getDelayedCalls() == []
 
 
+def test_timeout_is_told_at_once_and_only_once_before_the_run_ends() -> None:
+    clock, processes, runner, done = make(timeout=2.0)
+    told: list[Job] = []
+    runner.on_timeout = told.append
+    clock.advance(2.0)
+    assert told == [runner.job] and done == []  # its processes are still being stopped
+    runner.kill()
+    processes.answer(1)
+    processes.commands[0].exit(killed_by(signal.SIGTERM))
+    processes.answer(0)
+    assert told == [runner.job] and [r.stopped for r in done] == ["timed_out"]
+
+
+def test_a_kill_before_the_timeout_keeps_the_timeout_untold() -> None:
+    clock, processes, runner, done = make(timeout=2.0)
+    told: list[Job] = []
+    runner.on_timeout = told.append
+    runner.kill()
+    processes.answer(1)
+    clock.advance(2.0)
+    assert told == []
+
+
 def test_job_that_ends_first_cancels_its_timeout() -> None:
     clock, processes, runner, done = make(timeout=10.0)
     processes.commands[0].exit(exited(0))
