@@ -11,6 +11,7 @@ own, never one beside or above it::
     api, ops
     core, auth
     process, store
+    reactors
 
 The composition root (the modules at the top of the package: ``server``,
 ``tap``, ``embed``, ...) may import every room.  The client imports nothing
@@ -36,6 +37,7 @@ LAYERS = (
     ("api", "ops"),
     ("core", "auth"),
     ("process", "store"),
+    ("reactors",),  # the module of the reactor's types, below every room
 )
 #: Rooms outside the layers, and exactly what of the package each may import.
 OWN_RULES = {
