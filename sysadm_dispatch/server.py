@@ -213,7 +213,7 @@ def login_guard(clock: IReactorTime, config: ServerConfig) -> LoginGuard:
                       block_seconds=config.block_seconds)
 
 
-def make_authenticator(reactor: IServerReactor, checker: UsersFileChecker | SystemChecker, guard: LoginGuard,
+def make_authenticator(reactor: IReactorTime, checker: UsersFileChecker | SystemChecker, guard: LoginGuard,
                        config: ServerConfig) -> Authenticator:
     return Authenticator(reactor, checker, token_ttl=config.token_ttl, guard=guard,
                          max_login_checks=config.max_login_checks)

@@ -17,11 +17,11 @@ from twisted.cred import credentials as cred_credentials
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from .blocking import AddressBlocked, LoginGuard
-from .clocks import Clock
 from .tokens import TokenStore
 from .users import IUser, LoginFailed, User
 
@@ -85,8 +85,8 @@ class Authenticator:
     """
 
     def __init__(
-        self, reactor: Clock, checker: PasswordChecker, token_ttl: float = 900.0, *, guard: LoginGuard | None = None,
-        max_login_checks: int = 64,
+        self, reactor: IReactorTime, checker: PasswordChecker, token_ttl: float = 900.0, *,
+        guard: LoginGuard | None = None, max_login_checks: int = 64,
     ) -> None:
         self.reactor = reactor
         #: Logins under way (waiting for their turn or being checked); more fail at once with ``LoginBusy``.
