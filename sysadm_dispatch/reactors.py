@@ -13,17 +13,22 @@ from __future__ import annotations
 from twisted.internet.interfaces import (
     IReactorCore,
     IReactorFDSet,
+    IReactorFromThreads,
     IReactorProcess,
     IReactorTCP,
     IReactorThreads,
     IReactorTime,
 )
 
-__all__ = ["IDispatchReactor", "IProcessReactor", "IServerReactor", "IThreadedClock"]
+__all__ = ["IClockFromThreads", "IDispatchReactor", "IProcessReactor", "IServerReactor", "IThreadedClock"]
 
 
-class IThreadedClock(IReactorTime, IReactorThreads):
-    """Timers, and work handed to threads and back: password checks, the store's writer."""
+class IClockFromThreads(IReactorTime, IReactorFromThreads):
+    """Timers, and results handed back from threads of one's own: the store's writer, PAM checks."""
+
+
+class IThreadedClock(IClockFromThreads, IReactorThreads):
+    """Timers, and work handed to the reactor's thread pool and back: password checks."""
 
 
 class IProcessReactor(IReactorTime, IReactorFDSet, IReactorProcess):

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from ..reactors import IThreadedClock
+from ..reactors import IClockFromThreads
 from .users import FULL, READ, valid_name
 
 log = Logger()
@@ -86,7 +86,7 @@ class SystemChecker:
 
     def __init__(
         self,
-        reactor: IThreadedClock,
+        reactor: IClockFromThreads,
         *,
         service: str = "login",
         full_group: str = "wheel",
