@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from twisted.cred import credentials as cred_credentials
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, succeed
@@ -94,8 +95,7 @@ class Authenticator:
         self.login_checks = 0
         self.checker = checker
         self.guard = guard if guard is not None else LoginGuard(reactor)
-        realm: Any = Realm(checker.role_of)
-        self.portal = Portal(realm, [cast(Any, checker)])
+        self.portal = Portal(Realm(checker.role_of), [cast(ICredentialsChecker, checker)])
         self.tokens = TokenStore(reactor, token_ttl)
         self._cache_key = os.urandom(32)
         self._basic_cache: dict[bytes, tuple[User, float, int]] = {}
@@ -185,7 +185,7 @@ class Authenticator:
         except UnicodeEncodeError:
             # JSON can carry lone surrogates, which no user name or password holds.
             return fail(LoginFailed("bad username or password"))
-        d = self.portal.login(cast(Any, creds), None, IUser)
+        d = self.portal.login(creds, None, IUser)
 
         def done(result: tuple[Any, User, Any]) -> User:
             return result[1]
