@@ -20,7 +20,9 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 
-__all__ = ["IClockFromThreads", "IDispatchReactor", "IProcessReactor", "IServerReactor", "IThreadedClock"]
+__all__ = [
+    "IClientReactor", "IClockFromThreads", "IDispatchReactor", "IProcessReactor", "IServerReactor", "IThreadedClock",
+]
 
 
 class IClockFromThreads(IReactorTime, IReactorFromThreads):
@@ -41,3 +43,7 @@ class IDispatchReactor(IProcessReactor, IThreadedClock):
 
 class IServerReactor(IDispatchReactor, IReactorCore, IReactorTCP):
     """What the whole server runs on: all of the above, its listeners and its shutdown."""
+
+
+class IClientReactor(IReactorCore, IReactorTime, IReactorFDSet, IReactorFromThreads, IReactorTCP):
+    """What the command-line client runs on: its connections, its timers, standard input and signals."""

@@ -109,6 +109,7 @@ def test_a_wrong_arrow_is_reported(tmp_path: Path, module: str, text: str) -> No
         ("core/dispatcher.py", "from ..reactors import IDispatchReactor\n"),
         ("auth/pam.py", "from .. import reactors\n"),
         ("transports/rest.py", "from sysadm_dispatch.reactors import IServerReactor\n"),
+        ("client/main.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..reactors import IClientReactor\n"),
     ],
 )
 def test_the_arrows_the_rule_allows(tmp_path: Path, module: str, text: str) -> None:
