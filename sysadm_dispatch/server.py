@@ -12,14 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.interfaces import (
-    IReactorCore,
-    IReactorFDSet,
-    IReactorProcess,
-    IReactorTCP,
-    IReactorThreads,
-    IReactorTime,
-)
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.threadpool import ThreadPool
@@ -39,6 +32,7 @@ from .ops.metrics import DispatchMetrics
 from .ops.sdnotify import NotifyService, ReloadService, take_notify_socket
 from .process.procs import ProcessTracker
 from .process.subreaper import SubreaperService
+from .reactors import IServerReactor
 from .store.database import Store
 from .store.records import StoreError
 from .store.retention import HistoryPruner
@@ -53,14 +47,6 @@ STORE_FILE = "dispatch.sqlite3"
 #: Threads that check passwords (scrypt, about 16 MiB and 65 ms each): few, so
 #: that logins cannot take every core and leave few allocator arenas behind.
 PASSWORD_THREADS = 2
-
-
-class IServerReactor(IReactorCore, IReactorTime, IReactorFDSet, IReactorTCP, IReactorProcess, IReactorThreads):
-    """
-    The reactor interfaces a server is used through (each of Twisted's
-    reactors on POSIX provides them all): a name for their sum, as Twisted's
-    own ``twisted.internet.reactor`` has for type checking.
-    """
 
 
 class Server(MultiService):
@@ -227,7 +213,7 @@ def login_guard(clock: IReactorTime, config: ServerConfig) -> LoginGuard:
                       block_seconds=config.block_seconds)
 
 
-def make_authenticator(reactor: IServerReactor, checker: UsersFileChecker | SystemChecker, guard: LoginGuard,
+def make_authenticator(reactor: IReactorTime, checker: UsersFileChecker | SystemChecker, guard: LoginGuard,
                        config: ServerConfig) -> Authenticator:
     return Authenticator(reactor, checker, token_ttl=config.token_ttl, guard=guard,
                          max_login_checks=config.max_login_checks)

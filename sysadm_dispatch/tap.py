@@ -17,7 +17,8 @@ from .core.spec import DEFAULT_QUEUES
 from .listeners import tls_endpoint
 from .ops.serverlog import FORMATS, ServerLog
 from .process.backends import DEFAULT_SPAWNER, SPAWNERS
-from .server import STORE_FILE, IServerReactor, Server, make_server
+from .reactors import IServerReactor
+from .server import STORE_FILE, Server, make_server
 
 __all__ = ["STORE_FILE", "Options", "makeService", "server_config"]
 

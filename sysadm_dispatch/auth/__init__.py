@@ -6,6 +6,5 @@ Who is asking: users, passwords, tokens, roles, login blocking, PAM.
 - ``pam``: system accounts (PAM and Unix groups) as a checker;
 - ``tokens``: ``TokenStore``;
 - ``login``: the realm and the ``Authenticator`` every transport logs in through;
-- ``blocking``: ``LoginGuard``, failed-login blocking;
-- ``clocks``: what auth uses of the reactor, as typing protocols.
+- ``blocking``: ``LoginGuard``, failed-login blocking.
 """

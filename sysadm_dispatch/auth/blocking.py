@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections import deque
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-
-from .clocks import Clock, DelayedCall
 
 log = Logger()
 
@@ -47,14 +46,14 @@ class LoginGuard:
     max_tracked = 100_000
 
     def __init__(
-        self, clock: Clock, *, max_failures: int = 5, window: float = 600.0, block_seconds: float = 3600.0
+        self, clock: IReactorTime, *, max_failures: int = 5, window: float = 600.0, block_seconds: float = 3600.0
     ) -> None:
         self.clock = clock
         self.max_failures = max_failures
         self.window = window
         self.block_seconds = block_seconds
         self._failures: dict[str, deque[float]] = {}
-        self._blocked: dict[str, DelayedCall] = {}  # address -> the delayed call that releases it
+        self._blocked: dict[str, IDelayedCall] = {}  # address -> the delayed call that releases it
         self._in_flight: dict[str, int] = {}
         self._waiting: dict[str, deque[Deferred[None]]] = {}
 

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.cred import credentials as cred_credentials
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from .clocks import ThreadsClock
+from ..reactors import IThreadedClock
 from .users import READ, UserEntry, UsersFileError, read_private_users, read_users, verify_password
 
 log = Logger()
@@ -37,7 +36,7 @@ class UsersFileChecker:
 
     credentialInterfaces = (cred_credentials.IUsernamePassword,)
 
-    def __init__(self, reactor: ThreadsClock, path: str, poll_seconds: float = 2.0) -> None:
+    def __init__(self, reactor: IThreadedClock, path: str, poll_seconds: float = 2.0) -> None:
         self.reactor = reactor
         self.path = path
         #: Where passwords are checked: a small pool of the server's own
@@ -84,7 +83,7 @@ class UsersFileChecker:
         return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid)
 
     def _in_thread(self, f: Any, *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(cast(IReactorFromThreads, self.reactor), self.reactor.getThreadPool(), f, *args)
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
 
     @inlineCallbacks
     def check_changed(self) -> Any:
@@ -121,8 +120,8 @@ class UsersFileChecker:
             raise UnauthorizedLogin()
 
         pool = self.pool if self.pool is not None else self.reactor.getThreadPool()
-        return deferToThreadPool(cast(IReactorFromThreads, self.reactor), pool, verify_password, password,
-                                 entry.password_hash).addCallback(checked)
+        d = deferToThreadPool(self.reactor, pool, verify_password, password, entry.password_hash)
+        return d.addCallback(checked)
 
     def role_of(self, name: str) -> str | None:
         entry = self.users.get(name)
@@ -140,7 +139,7 @@ class UsersFileWatch(TimerService):
     was just read (``UsersFileChecker.load``).
     """
 
-    def __init__(self, checker: UsersFileChecker, clock: ThreadsClock, poll_seconds: float) -> None:
+    def __init__(self, checker: UsersFileChecker, clock: IThreadedClock, poll_seconds: float) -> None:
         super().__init__(poll_seconds, self._look)
         self.clock = clock
         self.checker = checker

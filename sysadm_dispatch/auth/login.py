@@ -14,14 +14,15 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from twisted.cred import credentials as cred_credentials
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from .blocking import AddressBlocked, LoginGuard
-from .clocks import Clock
 from .tokens import TokenStore
 from .users import IUser, LoginFailed, User
 
@@ -85,8 +86,8 @@ class Authenticator:
     """
 
     def __init__(
-        self, reactor: Clock, checker: PasswordChecker, token_ttl: float = 900.0, *, guard: LoginGuard | None = None,
-        max_login_checks: int = 64,
+        self, reactor: IReactorTime, checker: PasswordChecker, token_ttl: float = 900.0, *,
+        guard: LoginGuard | None = None, max_login_checks: int = 64,
     ) -> None:
         self.reactor = reactor
         #: Logins under way (waiting for their turn or being checked); more fail at once with ``LoginBusy``.
@@ -94,8 +95,7 @@ class Authenticator:
         self.login_checks = 0
         self.checker = checker
         self.guard = guard if guard is not None else LoginGuard(reactor)
-        realm: Any = Realm(checker.role_of)
-        self.portal = Portal(realm, [cast(Any, checker)])
+        self.portal = Portal(Realm(checker.role_of), [cast(ICredentialsChecker, checker)])
         self.tokens = TokenStore(reactor, token_ttl)
         self._cache_key = os.urandom(32)
         self._basic_cache: dict[bytes, tuple[User, float, int]] = {}
@@ -185,7 +185,7 @@ class Authenticator:
         except UnicodeEncodeError:
             # JSON can carry lone surrogates, which no user name or password holds.
             return fail(LoginFailed("bad username or password"))
-        d = self.portal.login(cast(Any, creds), None, IUser)
+        d = self.portal.login(creds, None, IUser)
 
         def done(result: tuple[Any, User, Any]) -> User:
             return result[1]

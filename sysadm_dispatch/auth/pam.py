@@ -14,19 +14,18 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from typing import Any, cast
+from typing import Any
 
 from twisted.cred import credentials as cred_credentials
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from .clocks import Clock
+from ..reactors import IClockFromThreads
 from .users import FULL, READ, valid_name
 
 log = Logger()
@@ -87,7 +86,7 @@ class SystemChecker:
 
     def __init__(
         self,
-        reactor: Clock,
+        reactor: IClockFromThreads,
         *,
         service: str = "login",
         full_group: str = "wheel",
@@ -146,8 +145,7 @@ class SystemChecker:
             username = credentials.username.decode("utf-8")
         except UnicodeDecodeError:
             username = ""
-        d = deferToThreadPool(cast(IReactorFromThreads, self.reactor), self.pool, self._check, username,
-                              credentials.password)
+        d = deferToThreadPool(self.reactor, self.pool, self._check, username, credentials.password)
 
         def checked(result: tuple[str | None, str]) -> bytes:
             role, why = result
@@ -182,7 +180,7 @@ class SystemChecker:
         if len(self._refreshed) > 10000:
             self._refreshed.clear()  # a bound; forgetting only allows an early re-read
         self._refreshed[username] = now
-        d = deferToThreadPool(cast(IReactorFromThreads, self.reactor), self.pool, groups_of, username)
+        d = deferToThreadPool(self.reactor, self.pool, groups_of, username)
 
         def read(groups: set[str]) -> None:
             self._set_role(username, role_from_groups(groups, self.full_group, self.read_group))

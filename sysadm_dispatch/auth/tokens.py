@@ -6,7 +6,8 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from .clocks import Clock
+from twisted.internet.interfaces import IReactorTime
+
 from .users import LoginFailed, User
 
 
@@ -31,7 +32,7 @@ class TokenStore:
     in memory holds nothing a client could present.
     """
 
-    def __init__(self, reactor: Clock, ttl: float) -> None:
+    def __init__(self, reactor: IReactorTime, ttl: float) -> None:
         self.reactor = reactor
         self.ttl = ttl
         self._tokens: dict[bytes, _Token] = {}

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IReactorTime
 
 from .config import Target
 from .errors import DROPPED, NO_PERMISSION, UNAVAILABLE, ClientError, RemoteError
+
+if TYPE_CHECKING:
+    from ..reactors import IClientReactor
 
 DEFAULT_PORT = 12150
 CONNECT_TIMEOUT = 10.0
@@ -92,7 +96,7 @@ def _reason_text(error: BaseException) -> str:
 class WebSocketConnection:
     """``Connection`` over the server's WebSocket (docs/protocol.rst)."""
 
-    def __init__(self, reactor: Any, url: str) -> None:
+    def __init__(self, reactor: IReactorTime, url: str) -> None:
         self.reactor = reactor
         self.url = url
         self.protocol: _Protocol | None = None
@@ -215,7 +219,7 @@ class WebSocketConnection:
             transport.abortConnection()
 
 
-def endpoint_for(reactor: Any, target: Target) -> tuple[Any, str]:
+def endpoint_for(reactor: IClientReactor, target: Target) -> tuple[Any, str]:
     """The client endpoint for ``target``'s URL, and the URL with its port filled in."""
     parts = urlsplit(target.url)
     host = parts.hostname or "127.0.0.1"
@@ -251,7 +255,7 @@ def tls_options(host: str, target: Target) -> Any:
     return ssl.optionsForClientTLS(host)
 
 
-async def connect(reactor: Any, target: Target) -> WebSocketConnection:
+async def connect(reactor: IClientReactor, target: Target) -> WebSocketConnection:
     """Open a WebSocket to ``target`` and log in; ``ClientError`` 69 or 77 when that cannot be done."""
     endpoint, url = endpoint_for(reactor, target)
     connection = WebSocketConnection(reactor, target.url)

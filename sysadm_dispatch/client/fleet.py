@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList
 
@@ -19,6 +19,9 @@ from .config import check_url, read_password_file
 from .connection import ConnectionDropped, EventHandler, _reason_text
 from .errors import NO_PERMISSION, OK, UNAVAILABLE, USAGE, ClientError, RemoteError
 from .session import Output
+
+if TYPE_CHECKING:
+    from ..reactors import IClientReactor
 
 REALM = "sysadm"
 _HOST = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -71,7 +74,7 @@ def resolve_router(args: argparse.Namespace, env: Mapping[str, str], config: Map
 class RouterLink:
     """One joined session to the router, shared by the host connections on it."""
 
-    def __init__(self, reactor: Any, target: RouterTarget) -> None:
+    def __init__(self, reactor: IClientReactor, target: RouterTarget) -> None:
         self.reactor = reactor
         self.target = target
         self.session: Any = None

@@ -12,7 +12,10 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..reactors import IClientReactor
 
 COMMANDS = ("run", "follow", "list", "kill", "logs", "watch", "hosts")
 
@@ -215,7 +218,7 @@ def _react(args: argparse.Namespace, target: Any) -> int:
     output = Output()
     code: list[int] = [70]
 
-    async def main(reactor: Any) -> None:
+    async def main(reactor: IClientReactor) -> None:
         code[0] = await _main(reactor, args, target, output)
 
     try:
@@ -232,7 +235,7 @@ def _ensure(coroutine: Any) -> Any:
     return Deferred.fromCoroutine(coroutine)
 
 
-async def _main(reactor: Any, args: argparse.Namespace, target: Any, output: Any) -> int:
+async def _main(reactor: IClientReactor, args: argparse.Namespace, target: Any, output: Any) -> int:
     from twisted.internet.defer import Deferred
 
     from . import commands

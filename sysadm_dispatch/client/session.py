@@ -10,12 +10,17 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .errors import INTERRUPTED, ClientError
+
+if TYPE_CHECKING:
+    from ..reactors import IClientReactor
 
 
 def wants_colour(stream: IO[Any], env: dict[str, str] | os._Environ[str]) -> bool:
@@ -86,10 +91,11 @@ class Output:
             self._write(stream, data)
 
 
+@implementer(IReadDescriptor)
 class LineReader:
     """Reads one line from standard input without blocking the reactor."""
 
-    def __init__(self, reactor: Any, callback: Callable[[str | None], None]) -> None:
+    def __init__(self, reactor: IReactorFDSet, callback: Callable[[str | None], None]) -> None:
         self.reactor = reactor
         self.callback = callback
         self.data = b""
@@ -133,7 +139,7 @@ class Session:
     Ctrl-C calls ``on_interrupt`` (by default: end with 130).
     """
 
-    def __init__(self, reactor: Any, output: Output, terminal: bool) -> None:
+    def __init__(self, reactor: IClientReactor, output: Output, terminal: bool) -> None:
         self.reactor = reactor
         self.output = output
         self.terminal = terminal

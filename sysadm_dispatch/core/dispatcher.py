@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from ..process.procs import ProcessTracker
 from ..process.runner import JobRunner
 from ..process.subreaper import stop_orphans
+from ..reactors import IDispatchReactor
 from ..store.database import Store
 from ..store.records import HistoryPage
 from .events import EventHub
@@ -28,7 +29,6 @@ from .journal import Journal, Unavailable
 from .kills import PendingKills
 from .live import LiveUpdates
 from .outcome import Outcome
-from .reactor import ReactorTime
 from .runs import Runner, RunnerFactory, Runs
 from .scheduler import Scheduler
 from .spec import NO_QUEUE, JobSpec, Limits, specs_from_run_args
@@ -53,7 +53,7 @@ class Dispatcher(Service):
 
     def __init__(
         self,
-        reactor: ReactorTime,
+        reactor: IDispatchReactor,
         *,
         queues: Mapping[str, int] | None = None,
         kill_grace: float = 5.0,

@@ -10,9 +10,8 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-
-from .reactor import DelayedCall, ReactorTime
 
 log = Logger()
 
@@ -78,14 +77,14 @@ class EventHub:
     event, and the reactor goes on serving requests in between.
     """
 
-    def __init__(self, reactor: ReactorTime, names: tuple[str, ...] = ("dispatcher",)) -> None:
+    def __init__(self, reactor: IReactorTime, names: tuple[str, ...] = ("dispatcher",)) -> None:
         self.names = names
         self.reactor = reactor
         self._direct: dict[str, dict[int, Subscription]] = {name: {} for name in names}
         self._batched: dict[str, dict[int, Subscription]] = {name: {} for name in names}
         self._published = 0
         self._waiting: dict[str, list[tuple[int, Event]]] = {}
-        self._flush_call: DelayedCall | None = None
+        self._flush_call: IDelayedCall | None = None
 
     def subscribe(self, name: str, callback: Callable[[Any], None], *, batched: bool = False) -> Subscription:
         """

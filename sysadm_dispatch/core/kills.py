@@ -9,9 +9,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from .job import Job
-from .reactor import DelayedCall, ReactorTime
 
 #: Pending jobs a kill finishes in one go: the rest on the next turns.
 KILLS_PER_TURN = 128
@@ -24,14 +24,14 @@ class PendingKills:
     once every job it killed is finished.
     """
 
-    def __init__(self, reactor: ReactorTime, finish: Callable[[Job], None]) -> None:
+    def __init__(self, reactor: IReactorTime, finish: Callable[[Job], None]) -> None:
         self.reactor = reactor
         self.finish = finish
         self._to_finish: deque[Job] = deque()
         self._done = 0
         #: (how many must be finished for it, the kill request's Deferred), in order.
         self._waits: deque[tuple[int, Deferred[None]]] = deque()
-        self._call: DelayedCall | None = None
+        self._call: IDelayedCall | None = None
         self._finishing = False
         self.stopping = False
 

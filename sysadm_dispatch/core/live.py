@@ -5,9 +5,10 @@ coalesced and throttled per job (docs/protocol.rst, "running updates").
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
 from .events import EventHub
 from .job import RUNNING, Job
-from .reactor import DelayedCall, ReactorTime
 
 
 class LiveUpdates:
@@ -18,12 +19,12 @@ class LiveUpdates:
     output that comes sooner after an update waits for the interval to end.
     """
 
-    def __init__(self, reactor: ReactorTime, events: EventHub, interval: float) -> None:
+    def __init__(self, reactor: IReactorTime, events: EventHub, interval: float) -> None:
         self.reactor = reactor
         self.events = events
         #: At most one ``running`` update per job per this many seconds.
         self.interval = interval
-        self._updates: dict[str, DelayedCall] = {}
+        self._updates: dict[str, IDelayedCall] = {}
         self._last_update: dict[str, float] = {}
 
     def output(self, job: Job, index: int, data: bytes) -> None:

@@ -17,11 +17,9 @@ import ctypes.util
 from collections.abc import Callable
 from typing import cast
 
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-
-from .reactor import DelayedCall, ReactorThreads, ReactorTime
 
 log = Logger()
 
@@ -47,7 +45,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
 class Trimmer:
     """Counts output let go; past ``threshold`` bytes, trims the allocator ``delay`` seconds later."""
 
-    def __init__(self, reactor: ReactorTime, *, threshold: int = TRIM_AFTER_BYTES, delay: float = TRIM_DELAY,
+    def __init__(self, reactor: IReactorTime, *, threshold: int = TRIM_AFTER_BYTES, delay: float = TRIM_DELAY,
                  max_delay: float = TRIM_MAX_DELAY, trim: Callable[[int], int] | None = None,
                  in_thread: bool = True) -> None:
         self.reactor = reactor
@@ -58,7 +56,7 @@ class Trimmer:
         self.in_thread = in_thread
         self.trims = 0
         self._released = 0
-        self._call: DelayedCall | None = None
+        self._call: IDelayedCall | None = None
         self._due = 0.0
 
     def released(self, nbytes: int) -> None:
@@ -83,8 +81,8 @@ class Trimmer:
         if not self.in_thread or not hasattr(self.reactor, "getThreadPool"):
             self.trim(0)  # a reactor without threads (a test's clock): here, at once
             return
-        threads = cast(ReactorThreads, self.reactor)
-        d = deferToThreadPool(cast(IReactorFromThreads, threads), threads.getThreadPool(), self.trim, 0)
+        threads = cast(IReactorThreads, self.reactor)  # it has a thread pool: it is a reactor's
+        d = deferToThreadPool(threads, threads.getThreadPool(), self.trim, 0)
         d.addErrback(lambda f: log.failure("giving memory back to the system failed", f))
 
     def stop(self) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..process.result import RunResult
@@ -19,7 +20,6 @@ from .journal import Journal
 from .live import LiveUpdates
 from .memory import Trimmer
 from .outcome import Outcome, decide
-from .reactor import ReactorTime
 
 log = Logger()
 
@@ -44,7 +44,7 @@ class Runs:
     a run is over, so that the next jobs may start.
     """
 
-    def __init__(self, reactor: ReactorTime, *, journal: Journal, events: EventHub, live: LiveUpdates,
+    def __init__(self, reactor: IReactorTime, *, journal: Journal, events: EventHub, live: LiveUpdates,
                  runner_factory: RunnerFactory, processes: object, environ: Mapping[str, str], kill_grace: float,
                  job_timeout: float, remove: Callable[[Job], None], ended: Callable[[Job], None]) -> None:
         self.reactor = reactor

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -19,7 +20,6 @@ from ..store.database import StoreError
 from .job import PENDING, Job, positions
 from .journal import Journal, Unavailable
 from .queues import Queue
-from .reactor import DelayedCall, ReactorTime
 from .spec import DEFAULT_QUEUES, InvalidJob, JobSpec
 
 log = Logger()
@@ -39,7 +39,7 @@ class Scheduler:
     called for each, at most ``STARTS_PER_TURN`` per turn of the reactor.
     """
 
-    def __init__(self, reactor: ReactorTime, queues: Mapping[str, int] | None, journal: Journal,
+    def __init__(self, reactor: IReactorTime, queues: Mapping[str, int] | None, journal: Journal,
                  launch: Callable[[Job], None]) -> None:
         self.reactor = reactor
         self.journal = journal
@@ -57,9 +57,9 @@ class Scheduler:
         #: start is being recorded, or they wait their turn to start.
         self._starting_jobs: set[Job] = set()
         self._to_start: deque[Job] = deque()
-        self._start_call: DelayedCall | None = None
+        self._start_call: IDelayedCall | None = None
         self._start_budget = STARTS_PER_TURN
-        self._start_retry: DelayedCall | None = None
+        self._start_retry: IDelayedCall | None = None
         #: Jobs whose start the store could not record: they wait for the retry.
         self._retrying: set[Job] = set()
         self._starting = False

@@ -16,13 +16,13 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from twisted.web.pages import notFound
-from twisted.web.resource import IResource, Resource
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from ..auth.login import Authenticator
@@ -256,7 +256,7 @@ class DispatchMetrics:
     def site(self, *, timeout: float | None = 60.0) -> Site:
         """The listener's site: ``/metrics``, no login (bind it where only the monitoring reaches it)."""
         root = _Root()
-        root.putChild(b"metrics", cast(IResource, MetricsResource(self)))
+        root.putChild(b"metrics", MetricsResource(self))
         site = Site(root, timeout=timeout)
         site.displayTracebacks = False
         site.log = lambda request: None  # type: ignore[method-assign]

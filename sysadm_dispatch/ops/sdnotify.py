@@ -102,8 +102,7 @@ class ReloadService(Service):
         return super().stopService()
 
     def _signalled(self, number: int, frame: Any) -> None:
-        # (mypy reads a zope interface as a plain class, whose methods have no self.)
-        self.reactor.callFromThread(self.reload if number == signal.SIGHUP else self._rotate)  # type: ignore[misc]
+        self.reactor.callFromThread(self.reload if number == signal.SIGHUP else self._rotate)
 
     def reload(self) -> None:
         try:

@@ -23,7 +23,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IAddress, IProcessTransport
@@ -31,7 +31,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .reactor import ProcessReactor, ProcessTransport
+from ..reactors import IProcessReactor
 from .spawn import check_executable, in_directory, open_output_pipe, spawn, spawn_error
 from .watch import ExitWatcher, OutputReader
 
@@ -73,7 +73,7 @@ class PipedProcess:
     is noticed is the subclass's, which calls ``exited(status)``.
     """
 
-    def __init__(self, reactor: ProcessReactor, protocol: ProcessProtocol, read_fd: int) -> None:
+    def __init__(self, reactor: IProcessReactor, protocol: ProcessProtocol, read_fd: int) -> None:
         self.reactor = reactor
         self.proto = protocol
         #: None once the command has exited (as Twisted's transports do).
@@ -138,7 +138,7 @@ class PipedProcess:
     def write(self, data: bytes) -> None:
         self.writeToChild(0, data)
 
-    def writeSequence(self, data: Sequence[bytes]) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         self.writeToChild(0, b"".join(data))
 
     def loseConnection(self) -> None:
@@ -155,7 +155,7 @@ class PipedProcess:
 class FastProcess(PipedProcess):
     """A command started with ``posix_spawn``; its exit noticed through a pidfd (``ExitWatcher``)."""
 
-    def __init__(self, reactor: ProcessReactor, protocol: ProcessProtocol, pid: int, read_fd: int) -> None:
+    def __init__(self, reactor: IProcessReactor, protocol: ProcessProtocol, pid: int, read_fd: int) -> None:
         super().__init__(reactor, protocol, read_fd)
         self.pid = pid
         protocol.makeConnection(self)
@@ -164,7 +164,7 @@ class FastProcess(PipedProcess):
 
 
 def spawn_fast(
-    reactor: ProcessReactor,
+    reactor: IProcessReactor,
     protocol: ProcessProtocol,
     executable: str,
     args: Sequence[str],
@@ -197,9 +197,9 @@ class _Exit(ProcessProtocol):
 
     def __init__(self, owner: TwistedProcess) -> None:
         self.owner = owner
-        self.process: ProcessTransport | None = None
+        self.process: IProcessTransport | None = None
 
-    def makeConnection(self, transport: ProcessTransport) -> None:
+    def makeConnection(self, transport: IProcessTransport) -> None:
         self.process = transport
         assert transport.pid is not None
         self.owner.connected(transport.pid)
@@ -209,7 +209,7 @@ class _Exit(ProcessProtocol):
 
 
 def spawn_twisted(
-    reactor: ProcessReactor,
+    reactor: IProcessReactor,
     protocol: ProcessProtocol,
     executable: str,
     args: Sequence[str],
@@ -240,8 +240,8 @@ def spawn_twisted(
     return owner
 
 
-Spawner = Callable[[ProcessReactor, ProcessProtocol, str, Sequence[str], Mapping[str, str], "str | None"],
-                   ProcessTransport]
+Spawner = Callable[[IProcessReactor, ProcessProtocol, str, Sequence[str], Mapping[str, str], "str | None"],
+                   IProcessTransport]
 
 #: The backends, by the name ``--spawner`` takes.
 SPAWNERS: dict[str, Spawner] = {"fast": spawn_fast, "twisted": spawn_twisted}
@@ -250,7 +250,7 @@ DEFAULT_SPAWNER = "fast" if sys.platform.startswith("linux") and hasattr(os, "po
 
 
 def spawn_process(
-    reactor: ProcessReactor,
+    reactor: IProcessReactor,
     protocol: ProcessProtocol,
     executable: str,
     args: Sequence[str],
@@ -258,7 +258,7 @@ def spawn_process(
     path: str | None = None,
     *,
     spawner: str = DEFAULT_SPAWNER,
-) -> ProcessTransport:
+) -> IProcessTransport:
     """
     Start a command as ``reactor.spawnProcess`` would, through the backend
     named ``spawner``: it leads a process group of its own, stdin

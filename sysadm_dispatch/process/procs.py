@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
+from ..reactors import IProcessReactor
 from .backends import DEFAULT_SPAWNER, SPAWNERS, spawn_process
 from .proctable import (
     MARKER,
@@ -36,7 +37,6 @@ from .proctable import (
     reap,
     signal_group,
 )
-from .reactor import ProcessReactor
 from .sweeps import Sweeper
 from .tracked import Leader
 
@@ -50,7 +50,7 @@ class ProcessTracker:
     apart from them.
     """
 
-    def __init__(self, reactor: ProcessReactor, spawner: str = DEFAULT_SPAWNER) -> None:
+    def __init__(self, reactor: IProcessReactor, spawner: str = DEFAULT_SPAWNER) -> None:
         if spawner not in SPAWNERS:
             raise ValueError(f"no spawner {spawner!r} (one of {', '.join(SPAWNERS)})")
         self.reactor = reactor

@@ -13,10 +13,9 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
-
-from .reactor import ProcessTransport
 
 
 class CommandLog(Protocol):
@@ -98,7 +97,7 @@ class CommandProtocol(ProcessProtocol):
     output is closed too.
     """
 
-    transport: ProcessTransport | None  # type: ignore[assignment]
+    transport: IProcessTransport | None
 
     def __init__(self, policy: CommandPolicy, index: int) -> None:
         self.policy: CommandPolicy | None = policy

@@ -21,15 +21,16 @@ from enum import Enum
 from typing import Generic, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .procs import ProcessTracker
 from .proctable import JobTree
 from .protocol import CommandProtocol, RunnableJob, exit_code, exit_status
-from .reactor import NamedTimers, TimeReactor
 from .result import RunResult, Stopped
 from .spawn import SpawnError, plan
+from .timers import NamedTimers
 
 log = Logger()
 
@@ -115,7 +116,7 @@ class JobRunner(Generic[J]):
 
     def __init__(
         self,
-        reactor: TimeReactor,
+        reactor: IReactorTime,
         job: J,
         *,
         environ: Mapping[str, str],

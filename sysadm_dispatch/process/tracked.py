@@ -9,7 +9,7 @@ command's own process.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IProcessTransport
@@ -19,7 +19,6 @@ from zope.interface import implementer
 
 from .backends import signal_number
 from .proctable import JobTree
-from .reactor import ProcessTransport
 
 if TYPE_CHECKING:
     from .procs import ProcessTracker
@@ -37,7 +36,7 @@ class TreeTransport:
     Everything else is the backend's transport's.
     """
 
-    def __init__(self, command: ProcessTransport, tracker: ProcessTracker, tree: JobTree) -> None:
+    def __init__(self, command: IProcessTransport, tracker: ProcessTracker, tree: JobTree) -> None:
         self.command = command
         self.tracker = tracker
         self.tree = tree
@@ -68,7 +67,7 @@ class TreeTransport:
     def write(self, data: bytes) -> None:
         self.command.write(data)
 
-    def writeSequence(self, data: Sequence[bytes]) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         self.command.writeSequence(data)
 
     def loseConnection(self) -> None:
@@ -90,8 +89,8 @@ class Leader(ProcessProtocol):
         self.protocol = protocol
         self.pid: int | None = None
 
-    def makeConnection(self, transport: ProcessTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def makeConnection(self, transport: IProcessTransport) -> None:
+        self.transport = transport
         self.connected = 1
         self.pid = transport.pid
         if self.pid is not None:

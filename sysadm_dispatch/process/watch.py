@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .reactor import ProcessReactor
+from ..reactors import IProcessReactor
 
 log = Logger()
 
@@ -49,9 +49,9 @@ class OutputReader(abstract.FileDescriptor):
     """
 
     def __init__(
-        self, reactor: ProcessReactor, fd: int, on_data: Callable[[bytes], None], on_closed: Callable[[], None]
+        self, reactor: IProcessReactor, fd: int, on_data: Callable[[bytes], None], on_closed: Callable[[], None]
     ) -> None:
-        super().__init__(reactor)  # type: ignore[arg-type]
+        super().__init__(reactor)
         self.fd = fd
         self.on_data = on_data
         self.on_closed = on_closed
@@ -131,7 +131,7 @@ class ExitWatcher:
     ``waitpid`` status; None if something else reaped it first).
     """
 
-    def __init__(self, reactor: ProcessReactor, pid: int, on_exit: Callable[[int | None], None]) -> None:
+    def __init__(self, reactor: IProcessReactor, pid: int, on_exit: Callable[[int | None], None]) -> None:
         self.reactor = reactor
         self.pid = pid
         self.on_exit = on_exit

@@ -19,12 +19,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
+from ..reactors import IClockFromThreads
 from .migrations import Connect, connect, open_database
 from .records import HistoryPage, Opened, SpecLike, StoreError, spec_to_json
 from .tables import FinishedRow, Tables
-from .writer import DelayedCall, PassResult, StoreReactor, Writer
+from .writer import PassResult, Writer
 
 #: How long, at most, a finished record waits to be written with others.
 FINISH_DELAY = 0.05
@@ -39,7 +41,7 @@ class Store:
     (for measurements and tests).
     """
 
-    def __init__(self, path: str, reactor: StoreReactor, *, connect: Connect = connect,
+    def __init__(self, path: str, reactor: IClockFromThreads, *, connect: Connect = connect,
                  max_batch: int = 512) -> None:
         self.path = path
         self.reactor = reactor
@@ -50,7 +52,7 @@ class Store:
         self._closed = False
         #: Finished records not yet handed to the writer (see ``finish``).
         self._finishes: list[tuple[FinishedRow, Deferred[None]]] = []
-        self._flush_call: DelayedCall | None = None
+        self._flush_call: IDelayedCall | None = None
         #: ``observe(commit_seconds, errors)`` on the reactor thread after each
         #: pass of the writer thread: how long its commits took, and how many
         #: requests the store could not do (the metrics count with these).

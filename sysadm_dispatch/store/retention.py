@@ -6,6 +6,7 @@ from typing import Protocol
 
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -18,12 +19,6 @@ class Prunable(Protocol):
     def prune(self, before: float, keep: int, chunk: int = ...) -> Deferred[int]: ...
 
 
-class Clock(Protocol):
-    """The clock the pruner reads (``IReactorTime.seconds``) and schedules on."""
-
-    def seconds(self) -> float: ...
-
-
 class HistoryPruner(TimerService):
     """
     Keeps the history within ``days`` and ``max_jobs``: prunes at start and
@@ -32,7 +27,7 @@ class HistoryPruner(TimerService):
     and deletes no more.
     """
 
-    def __init__(self, store: Prunable, clock: Clock, *, days: float, max_jobs: int,
+    def __init__(self, store: Prunable, clock: IReactorTime, *, days: float, max_jobs: int,
                  interval: float = 3600.0) -> None:
         super().__init__(interval, self.prune)
         # TimerService's loop runs on it; ``prune`` reads the time from it.

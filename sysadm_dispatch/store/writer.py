@@ -20,38 +20,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from ..reactors import IClockFromThreads
 from .records import StoreError
 from .tables import Tables
 
 #: A pass's outcome: each request's Deferred with its result (or Failure),
 #: and how long each of its commits took.
 PassResult = tuple[list[tuple[Deferred[Any], Any]], list[float]]
-
-
-class DelayedCall(Protocol):
-    """A call ``callLater`` scheduled (``IDelayedCall``), as the store uses it."""
-
-    def active(self) -> bool: ...
-
-    def cancel(self) -> None: ...
-
-
-class StoreReactor(Protocol):
-    """
-    What the store uses of its reactor: ``seconds`` and ``callLater``
-    (``IReactorTime``) and ``callFromThread`` (``IReactorThreads``).
-    """
-
-    def seconds(self) -> float: ...
-
-    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> DelayedCall: ...
-
-    def callFromThread(self, callable: Callable[..., Any], *args: Any, **kw: Any) -> None: ...
 
 
 class _Call:
@@ -71,7 +51,7 @@ class Writer:
     and commit times, before the requests' Deferreds fire.
     """
 
-    def __init__(self, reactor: StoreReactor, tables: Tables, *, observe: Callable[[PassResult], None],
+    def __init__(self, reactor: IClockFromThreads, tables: Tables, *, observe: Callable[[PassResult], None],
                  max_batch: int = 512) -> None:
         self.reactor = reactor
         self.tables = tables

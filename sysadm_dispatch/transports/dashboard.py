@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
@@ -190,9 +190,9 @@ class DashboardRoot(Resource):
         self.api = api
         files = load_assets() if assets is None else assets
         # (zope interfaces are not types to mypy: these provide IResource.)
-        self.putChild(b"", cast(IResource, Page(files["index.html"])))
-        self.putChild(ASSET_PREFIX, cast(IResource, Assets(files)))
-        self.putChild(WEBSOCKET_PATH, cast(IResource, SameOriginWebSocket(websocket_factory)))
+        self.putChild(b"", Page(files["index.html"]))
+        self.putChild(ASSET_PREFIX, Assets(files))
+        self.putChild(WEBSOCKET_PATH, SameOriginWebSocket(websocket_factory))
 
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
         if path == b"" and request.method not in (b"GET", b"HEAD"):

@@ -52,8 +52,7 @@ class RestAPI:
                                    max_unauthenticated_bytes=self.max_unauthenticated_bytes)
 
     def resource(self) -> IResource:
-        resource: Any = self.app.resource()
-        return cast(IResource, resource)
+        return self.app.resource()
 
     def site(
         self,

@@ -79,6 +79,9 @@ def test_the_real_package_follows_the_arrows() -> None:
         ("client/main.py", "from ..core.job import Job\n"),
         ("client/main.py", "from ..auth.blocking import LoginGuard\n"),
         ("cli.py", "from .core.dispatcher import Dispatcher\n"),
+        # The reactor's types are below every room: they import none.
+        ("reactors.py", "from .core.job import Job\n"),
+        ("reactors.py", "from .store import database\n"),
     ],
 )
 def test_a_wrong_arrow_is_reported(tmp_path: Path, module: str, text: str) -> None:
@@ -100,6 +103,13 @@ def test_a_wrong_arrow_is_reported(tmp_path: Path, module: str, text: str) -> No
         ("cli.py", "from .auth.login import read_users\nfrom .client.main import handle\n"),
         ("server.py", "from .transports.rest import RestAPI\nfrom .core.dispatcher import D\nfrom .ops import metrics\n"),
         ("__init__.py", "from . import server\n"),
+        # Every room of the layers types its reactor with the module below them all.
+        ("process/runner.py", "from ..reactors import IProcessReactor\n"),
+        ("store/writer.py", "from ..reactors import IThreadedClock\n"),
+        ("core/dispatcher.py", "from ..reactors import IDispatchReactor\n"),
+        ("auth/pam.py", "from .. import reactors\n"),
+        ("transports/rest.py", "from sysadm_dispatch.reactors import IServerReactor\n"),
+        ("client/main.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..reactors import IClientReactor\n"),
     ],
 )
 def test_the_arrows_the_rule_allows(tmp_path: Path, module: str, text: str) -> None:
