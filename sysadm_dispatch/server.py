@@ -285,26 +285,34 @@ class LoginGuardService(Service):
         return super().stopService()
 
 
-class PasswordCheckerService(Service):
-    """Runs the password checker (its users-file watch) and the threads that check passwords."""
+class PasswordCheckerService(MultiService):
+    """
+    Runs the password checker and the threads that check passwords; the
+    users file's watch (a ``TimerService``) is its child.
+    """
 
     def __init__(self, checker: UsersFileChecker | SystemChecker) -> None:
+        super().__init__()
         self.checker = checker
         self.pool: ThreadPool | None = None
         if isinstance(checker, UsersFileChecker):
             map_big_blocks()
             self.pool = checker.pool = ThreadPool(minthreads=0, maxthreads=PASSWORD_THREADS,
                                                   name="sysadm-dispatch-passwords")
+            checker.watch.setServiceParent(self)
 
     def startService(self) -> None:
-        super().startService()
         if self.pool is not None:
             self.pool.start()
-        self.checker.start()
+        if isinstance(self.checker, SystemChecker):
+            self.checker.start()
+        super().startService()
 
     def stopService(self) -> Any:
-        self.checker.stop()
+        d = super().stopService()
+        if isinstance(self.checker, SystemChecker):
+            self.checker.stop()
         if self.pool is not None:
             self.pool.stop()
-        return super().stopService()
+        return d
 

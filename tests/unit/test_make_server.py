@@ -152,3 +152,32 @@ def test_make_service_builds_the_server_of_the_options(tmp_path: Any) -> None:
     service = tap.makeService(options, MemoryReactorClock())
     assert isinstance(service, Server)
     assert service.dispatcher.max_pending == 7
+
+
+def test_every_periodic_task_is_a_timer_service_in_the_tree(tmp_path: Any) -> None:
+    """The users file's watch, the history pruner and the subreaper's reaping: children, started and stopped with it."""
+    from twisted.application.internet import TimerService
+    from twisted.application.service import IServiceCollection
+
+    from sysadm_dispatch.auth.checker import UsersFileWatch
+
+    server = build(tmp_path)
+
+    def timers(service: Any) -> list[Any]:
+        found = [service] if isinstance(service, TimerService) else []
+        if IServiceCollection.providedBy(service):
+            for child in service:
+                found += timers(child)
+        return found
+
+    found = timers(server)
+    kinds = {type(t) for t in found}
+    assert UsersFileWatch in kinds and HistoryPruner in kinds, kinds
+    assert any(type(t) is TimerService for t in found), "the subreaper's reaping"
+    watch = next(t for t in found if isinstance(t, UsersFileWatch))
+    assert isinstance(watch.parent, PasswordCheckerService)
+    checker = watch.parent
+    checker.startService()
+    assert watch.running
+    checker.stopService()
+    assert not watch.running
