@@ -61,6 +61,14 @@ def exit_reason(status: int | None) -> BaseException:
     return ProcessTerminated(code, None, status) if code else ProcessDone(status)
 
 
+def _ignore_data(data: bytes) -> None:
+    pass
+
+
+def _nothing() -> None:
+    pass
+
+
 @implementer(IAddress)
 class ProcessAddress:
     """The address of either end of a command's transport (there is none)."""
@@ -75,19 +83,23 @@ class PipedProcess:
 
     def __init__(self, reactor: IProcessReactor, protocol: ProcessProtocol, read_fd: int) -> None:
         self.reactor = reactor
-        self.proto = protocol
+        #: None once told ``processEnded`` (as Twisted's transports do).
+        self.proto: ProcessProtocol | None = protocol
         #: None once the command has exited (as Twisted's transports do).
         self.pid: int | None = None
         self.status: int | None = None
         self._exited = False
         self._ended = False
+        self._reason: Failure | None = None
         self.reader = OutputReader(reactor, read_fd, self._output, self._output_closed)
 
     def _output(self, data: bytes) -> None:
-        self.proto.childDataReceived(1, data)
+        if self.proto is not None:
+            self.proto.childDataReceived(1, data)
 
     def _output_closed(self) -> None:
-        self.proto.childConnectionLost(1)
+        if self.proto is not None:
+            self.proto.childConnectionLost(1)
         self._maybe_ended()
 
     def exited(self, status: int | None) -> None:
@@ -101,13 +113,23 @@ class PipedProcess:
         self._exited = True
         self.pid = None
         self.status = status
-        self.proto.processExited(Failure(exit_reason(status)))
+        # One reason for both: ``processEnded`` is told the same.
+        self._reason = Failure(exit_reason(status))
+        if self.proto is not None:
+            self.proto.processExited(self._reason)
         self._maybe_ended()
 
     def _maybe_ended(self) -> None:
         if self._exited and not self.reader.open and not self._ended:
             self._ended = True
-            self.proto.processEnded(Failure(exit_reason(self.status)))
+            # Nothing more is told: the references back to this transport
+            # go, so that it and its protocol are freed as soon as dropped,
+            # not when the cycle collector next runs.
+            proto, self.proto = self.proto, None
+            self.reader.on_data = _ignore_data
+            self.reader.on_closed = _nothing
+            if proto is not None and self._reason is not None:
+                proto.processEnded(self._reason)
 
     # IProcessTransport.
 
@@ -189,7 +211,8 @@ class TwistedProcess(PipedProcess):
 
     def connected(self, pid: int) -> None:
         self.pid = pid
-        self.proto.makeConnection(self)
+        if self.proto is not None:
+            self.proto.makeConnection(self)
 
 
 class _Exit(ProcessProtocol):

@@ -94,7 +94,8 @@ class CommandProtocol(ProcessProtocol):
     The ``ProcessProtocol`` of one command of a job: output, exit and end go
     to the policy, which acts on the command through ``self.transport``
     only.  ``exited`` is set once the command was reaped, ``ended`` once its
-    output is closed too.
+    output is closed too (``processEnded``); ``output_closed`` once its
+    output is (``childConnectionLost``), which may come first.
     """
 
     transport: IProcessTransport | None
@@ -105,6 +106,7 @@ class CommandProtocol(ProcessProtocol):
         self.index = index
         self.exited = False
         self.ended = False
+        self.output_closed = False
 
     @property
     def pid(self) -> int | None:
@@ -113,9 +115,17 @@ class CommandProtocol(ProcessProtocol):
         pid: int | None = self.transport.pid
         return pid
 
+    @property
+    def finished(self) -> bool:
+        """Reaped, and its output read to the end: nothing more of it will come but the news of that."""
+        return self.ended or (self.exited and self.output_closed)
+
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if self.policy is not None:
             self.policy.command_output(self, data)
+
+    def childConnectionLost(self, childFD: int) -> None:
+        self.output_closed = True
 
     def processExited(self, reason: Failure) -> None:
         self.exited = True

@@ -219,7 +219,7 @@ class JobRunner(Generic[J]):
             self._next_command()
 
     def command_ended(self, command: CommandProtocol) -> None:
-        if self.state is RunState.DRAINING and all(c.ended for c in self._commands):
+        if self.state is RunState.DRAINING and all(c.finished for c in self._commands):
             self._finish()
 
     def _end_of_job(self) -> None:
@@ -339,7 +339,10 @@ class JobRunner(Generic[J]):
         """Nothing of the job is left: take the rest of its output, then finish."""
         self.state = RunState.DRAINING
         self._timers.cancel_all()
-        if not wait or all(command.ended for command in self._commands):
+        # Both backends read a command's output to its end before telling it
+        # exited when nothing else holds the pipe: the job then finishes at
+        # once, with no linger timer set.
+        if not wait or all(command.finished for command in self._commands):
             self._finish()
             return
         self._timers.later("linger", LINGER_SECONDS, self._lingered)

@@ -124,6 +124,10 @@ class OutputReader(abstract.FileDescriptor):
         self.on_closed()
 
 
+def _told(status: int | None) -> None:
+    pass
+
+
 @implementer(IReadDescriptor)
 class ExitWatcher:
     """
@@ -199,7 +203,9 @@ class ExitWatcher:
         if self._poll is not None and self._poll.active():
             self._poll.cancel()
         self._poll = None
-        self.on_exit(status)
+        # Told once: the watcher no longer refers to whoever was told.
+        on_exit, self.on_exit = self.on_exit, _told
+        on_exit(status)
 
     def _close_fd(self) -> None:
         if self._fd >= 0:

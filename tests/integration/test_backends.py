@@ -10,7 +10,9 @@ the group.
 
 from __future__ import annotations
 
+import gc
 import os
+import weakref
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
@@ -28,6 +31,7 @@ from sysadm_dispatch.process.backends import spawn_process
 from sysadm_dispatch.process.procs import ProcessTracker
 from sysadm_dispatch.process.proctable import read_stat
 from sysadm_dispatch.process.spawn import EXIT_NOT_FOUND, SpawnError
+from sysadm_dispatch.process.tracked import TreeTransport
 
 ensure = pytest_twisted.ensureDeferred
 both = pytest.mark.parametrize("spawner", SPAWNER_NAMES)
@@ -133,4 +137,26 @@ async def test_through_the_tracker_signal_process_reaches_a_descendant_that_left
     await with_timeout(proto.ended)
     await poll(lambda: not pid_alive(escaped))
     assert tracker.quick_empty(tree)
+    tracker.forget(tree)
+
+
+@both
+@ensure
+async def test_an_ended_command_is_freed_without_the_cycle_collector(spawner: str) -> None:
+    # Once it has ended, nothing of a command refers back to its protocol or
+    # transports: each short command a server runs is freed when dropped.
+    tracker = ProcessTracker(reactor, spawner=spawner)
+    tree = tracker.new_tree()
+    proto = Recorder()
+    tracker.spawn(tree, proto, "/bin/true", ["true"], ENV)
+    await with_timeout(proto.ended)
+    await deferLater(reactor, 0, lambda: None)  # out of the call that told the end
+    assert isinstance(proto.transport, TreeTransport)
+    refs = [weakref.ref(proto), weakref.ref(proto.transport), weakref.ref(proto.transport.command)]
+    gc.disable()
+    try:
+        del proto
+        assert [ref() for ref in refs] == [None, None, None]
+    finally:
+        gc.enable()
     tracker.forget(tree)

@@ -249,6 +249,18 @@ def test_output_closing_during_the_linger_finishes_at_once() -> None:
     assert clock.getDelayedCalls() == []
 
 
+def test_output_read_to_its_end_before_the_exit_finishes_the_job_at_once() -> None:
+    # As both backends tell it: the pipe's end, then the exit; the job is
+    # over then, with no linger timer, even before ``processEnded``.
+    clock, processes, runner, done = make("true")
+    [command] = processes.commands
+    command.held = True  # processEnded not told
+    command.proto.childConnectionLost(1)
+    command.exit(exited(0))
+    assert done == [RunResult()] and runner.state is RunState.FINISHED
+    assert clock.getDelayedCalls() == []
+
+
 def test_kill_while_only_output_is_awaited_finishes_at_once() -> None:
     clock, processes, runner, done = make()
     [command] = processes.commands
