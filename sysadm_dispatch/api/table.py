@@ -100,12 +100,16 @@ class _Name:
     #: A login attempt: one from a blocked address is counted as a blocked login.
     login: bool = False
 
-    #: Every entry is public (kept up to date by ``add``: it is asked on every request).
+    #: Every entry is public (kept up to date by ``add``, as ``single``: they are asked on every request).
     public: bool = True
+    #: The one entry of a name without actions.
+    single: Entry | None = None
 
     def add(self, entry: Entry) -> None:
         self.entries[entry.action] = entry
         self.public = self.public and entry.role is Role.PUBLIC
+        if entry.action is None:
+            self.single = entry
 
     @property
     def actions(self) -> list[str]:
@@ -183,8 +187,25 @@ class HandlerTable:
         The handler's Deferred reply args, after the checks its role asks
         for; fails with ``RPCError`` for a refusal, anything else for a bug.
         """
+        known = self._names.get((namespace, name))
+        auth = services.auth
         try:
-            d = self._call(self._names.get((namespace, name)), services, session, namespace, name, args)
+            # Before anything else, and so before any password or token is looked at.
+            if known is None or not known.unscreened:
+                try:
+                    check_address(auth, session)
+                except RPCError:
+                    if known is not None and known.login:
+                        auth.count_login(session.transport, "blocked")
+                    raise
+            if known is None or not known.public:
+                require_user(auth, session)
+            if known is None:
+                raise RPCError(404, f"unknown request {namespace}/{name}")
+            entry = known.single or self._entry(known, name, args)
+            if entry.role is Role.FULL:
+                require_full(auth, session, entry.what, args)
+            d = entry.handler(Call(services, session, args))
         except Exception:
             return fail(Failure())
         if not isinstance(d, Deferred):
@@ -192,29 +213,7 @@ class HandlerTable:
             return fail(bug)
         return d
 
-    def _call(self, known: _Name | None, services: Services, session: Session, namespace: str, name: str,
-              args: Any) -> Any:
-        auth = services.auth
-        # Before anything else, and so before any password or token is looked at.
-        if known is None or not known.unscreened:
-            try:
-                check_address(auth, session)
-            except RPCError:
-                if known is not None and known.login:
-                    auth.count_login(session.transport, "blocked")
-                raise
-        if known is None or not known.public:
-            require_user(auth, session)
-        if known is None:
-            raise RPCError(404, f"unknown request {namespace}/{name}")
-        entry = self._entry(known, name, args)
-        if entry.role is Role.FULL:
-            require_full(auth, session, entry.what, args)
-        return entry.handler(Call(services, session, args))
-
     def _entry(self, known: _Name, name: str, args: Any) -> Entry:
-        if None in known.entries:
-            return known.entries[None]
         action = args.get("action") if isinstance(args, dict) else None
         entry = known.entries.get(action) if isinstance(action, str) else None
         if entry is not None:

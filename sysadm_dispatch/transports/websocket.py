@@ -12,7 +12,6 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from ..api.router import Router, RPCError, Session, error_reply
@@ -40,16 +39,31 @@ def _prepared(event: Event, factory: WebSocketServerFactory) -> bytes:
     return frame
 
 
+#: One encoder for every reply (``json.dumps`` with options builds one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(message).encode()
 
 
 class _Slot:
-    __slots__ = ("ready", "reply")
+    """The place of one reply in the connection's order; ``fill`` is the router's continuation."""
 
-    def __init__(self) -> None:
+    __slots__ = ("protocol", "ready", "reply")
+
+    def __init__(self, protocol: DispatchServerProtocol) -> None:
+        self.protocol = protocol
         self.ready = False
         self.reply: dict[str, Any] | None = None
+
+    def fill(self, reply: dict[str, Any] | None) -> None:
+        self.ready = True
+        self.reply = reply
+        try:
+            self.protocol._flush()
+        except Exception:
+            log.failure("sending a reply failed")
 
 
 class DispatchServerProtocol(BoundedServerProtocol):
@@ -154,7 +168,7 @@ class DispatchServerProtocol(BoundedServerProtocol):
     def message_refused(self, size: int, limit: int) -> None:
         before_login = " before login" if limit < self.factory.router.max_message_bytes else ""
         e = RPCError(413, f"the message is at least {size} bytes, more than the limit of {limit}{before_login}")
-        self._reply_when(succeed(error_reply("rpc", "", e)))
+        self._answer_now(error_reply("rpc", "", e))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._held is not None:
@@ -162,13 +176,13 @@ class DispatchServerProtocol(BoundedServerProtocol):
             if len(self._held) >= MAX_HELD or self._held_bytes + len(payload) > self.factory.max_unauthenticated_bytes:
                 e = RPCError(503, f"more than {MAX_HELD} requests or {self.factory.max_unauthenticated_bytes} bytes "
                              "are waiting for a login to finish")
-                self._reply_when(succeed(error_reply("rpc", "", e)))
+                self._answer_now(error_reply("rpc", "", e))
             else:
                 self._held.append(payload)
                 self._held_bytes += len(payload)
             return
-        d = self.factory.router.handle_bytes(self.session, payload)
-        self._reply_when(d)
+        # The slot keeps the reply's place before the router may answer.
+        d = self.factory.router.answer_bytes(self.session, payload, self._slot().fill)
         if self.session.logging_in:
             # A login still under way (one that ended at once is counted out already).
             self._held = deque()
@@ -185,19 +199,13 @@ class DispatchServerProtocol(BoundedServerProtocol):
                 break
         return result
 
-    def _reply_when(self, d: Deferred[dict[str, Any] | None]) -> None:
-        slot = _Slot()
+    def _slot(self) -> _Slot:
+        slot = _Slot(self)
         self._replies.append(slot)
-        d.addCallback(self._ready, slot)
+        return slot
 
-    def _ready(self, reply: dict[str, Any] | None, slot: _Slot) -> None:
-        # (The router's Deferreds never fail: this is the only callback.)
-        slot.ready = True
-        slot.reply = reply
-        try:
-            self._flush()
-        except Exception:
-            log.failure("sending a reply failed")
+    def _answer_now(self, reply: dict[str, Any]) -> None:
+        self._slot().fill(reply)
 
     def _flush(self) -> None:
         # Replies leave in the order their requests arrived.
@@ -255,7 +263,7 @@ class DispatchServerProtocol(BoundedServerProtocol):
         self.session.token = None
         e = RPCError(401, f"the session of user {name!r} has ended: its password or role changed, or the user "
                           "was removed; log in again")
-        self._reply_when(succeed(error_reply("rpc", "", e)))
+        self._answer_now(error_reply("rpc", "", e))
 
     def too_slow(self, why: str) -> None:
         log.warn(

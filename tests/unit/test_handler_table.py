@@ -234,3 +234,56 @@ class WampThroughTheTableTests(TableTestCase):
         failure = self.failureResultOf(self.call({"namespace": "rpc", "name": "auth_token", "args": {}}, "viewer"),
                                        ApplicationError)
         self.assertEqual(failure.value.kwargs["code"], 400)
+
+
+class AnswerBytesTests(TableTestCase):
+    """``Router.answer_bytes``: the reply envelope goes to the transport's continuation, in request order."""
+
+    def answer(self, session: Session, data: bytes) -> tuple[list[Any], Deferred[Any]]:
+        answers: list[Any] = []
+
+        def answer(envelope: Any) -> str:
+            answers.append(envelope)
+            return f"sent {len(answers)}"
+
+        return answers, self.router.answer_bytes(session, data, answer)
+
+    def test_an_answer_known_at_once_is_handed_on_before_the_call_returns(self) -> None:
+        answers, d = self.answer(self.ws_session("bob"), b'{"namespace": "rpc", "name": "ping", "id": "p", "args": 1}')
+        self.assertEqual(answers, [{"namespace": "rpc", "name": "response", "id": "p",
+                                    "args": {"pong": 1, "user": "bob"}}])
+        self.assertEqual(self.successResultOf(d), "sent 1")
+
+    def test_refusals_errors_and_silence_reach_the_continuation(self) -> None:
+        session = self.ws_session("bob")
+        answers, _ = self.answer(session, b"{not json")
+        self.assertEqual(answers[0]["args"]["code"], 400)
+        answers, _ = self.answer(session, b'{"namespace": "rpc", "name": "maintenance", "id": "m", '
+                                          b'"args": {"action": "reset"}}')
+        self.assertEqual((answers[0]["name"], answers[0]["id"], answers[0]["args"]["code"]), ("error", "m", 403))
+        self.table.register("rpc", "refusing", refusing, role=Role.READ)
+        answers, _ = self.answer(session, b'{"namespace": "rpc", "name": "refusing", "id": "r"}')
+        self.assertEqual(answers[0]["args"]["code"], 409)
+        answers, d = self.answer(session, b'{"namespace": "rpc", "name": "auth_clear", "id": "c"}')
+        self.assertEqual(answers, [None])
+        self.assertEqual(self.successResultOf(d), "sent 1")
+
+    def test_a_late_answer_waits_for_its_handler_and_a_late_bug_is_500(self) -> None:
+        waiting: list[Deferred[Any]] = []
+
+        def late(call: Call) -> Deferred[Any]:
+            waiting.append(Deferred())
+            return waiting[-1]
+
+        self.table.register("rpc", "late", late, role=Role.READ)
+        session = self.ws_session("bob")
+        first, d1 = self.answer(session, b'{"namespace": "rpc", "name": "late", "id": "1"}')
+        second, d2 = self.answer(session, b'{"namespace": "rpc", "name": "late", "id": "2"}')
+        self.assertEqual((first, second), ([], []))
+        self.assertNoResult(d1)
+        waiting[1].errback(KeyError("inside"))
+        waiting[0].callback("done")
+        self.assertEqual(first, [{"namespace": "rpc", "name": "response", "id": "1", "args": "done"}])
+        self.assertEqual((second[0]["id"], second[0]["args"]["code"]), ("2", 500))
+        self.assertEqual((self.successResultOf(d1), self.successResultOf(d2)), ("sent 1", "sent 1"))
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
