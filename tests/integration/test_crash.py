@@ -166,14 +166,19 @@ def assert_interrupted(record: dict[str, Any], job_id: str) -> None:
 
 
 async def _eventually(request: Callable[[], Any]) -> dict[str, Any]:
-    """The first 200 reply's args (a finished record is in the history a moment after the job ends)."""
+    """
+    The first finished record answered (``logs job`` answers a running job's
+    live record too, and the history has the finished one a moment after the
+    job ends).
+    """
     found: list[dict[str, Any]] = []
 
     async def ok() -> bool:
         status, body = await request()
-        if status == 200:
+        finished = status == 200 and body["args"].get("state") == "finished"
+        if finished:
             found.append(body["args"])
-        return status == 200
+        return finished
 
     for _ in range(500):
         if await ok():
