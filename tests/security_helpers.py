@@ -135,3 +135,26 @@ def cheap_hash(password: str, salt: bytes = b"0123456789abcdef") -> str:
     """A hash in ``hash_password``'s format with tiny scrypt costs, so tests stay fast."""
     digest = hashlib.scrypt(password.encode(), salt=salt, n=2, r=1, p=1, dklen=32)
     return f"scrypt$2$1$1${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def alice_and_bob(case: Any, clock: Any) -> Any:
+    """
+    A loaded ``UsersFileChecker`` over a users file of its own (removed when
+    ``case`` cleans up): ``alice`` (full, password ``pw-a``) and ``bob``
+    (read, ``pw-b``).
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from sysadm_dispatch.auth.checker import UsersFileChecker
+    from sysadm_dispatch.auth.users import FULL, READ, UserEntry, write_users
+
+    directory = tempfile.mkdtemp()
+    case.addCleanup(shutil.rmtree, directory)
+    path = os.path.join(directory, "users")
+    write_users(path, {"alice": UserEntry("alice", FULL, cheap_hash("pw-a")),
+                       "bob": UserEntry("bob", READ, cheap_hash("pw-b"))})
+    checker = UsersFileChecker(clock, path)
+    checker.load()
+    return checker

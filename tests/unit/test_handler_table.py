@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
-import tempfile
 from types import SimpleNamespace
 from typing import Any
 
 from autobahn.wamp.exception import ApplicationError
-from security_helpers import SyncClock, cheap_hash
+from security_helpers import SyncClock, alice_and_bob
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock
@@ -28,9 +25,7 @@ from sysadm_dispatch.api.envelope import RPCError
 from sysadm_dispatch.api.handlers import standard_table
 from sysadm_dispatch.api.router import PUBLIC, Router, Session
 from sysadm_dispatch.api.table import Call, HandlerTable, Role
-from sysadm_dispatch.auth.checker import UsersFileChecker
 from sysadm_dispatch.auth.login import Authenticator
-from sysadm_dispatch.auth.users import FULL, READ, UserEntry, write_users
 from sysadm_dispatch.core.dispatcher import Dispatcher
 from sysadm_dispatch.transports.rest import RestAPI
 from sysadm_dispatch.transports.wamp import WampHost
@@ -57,13 +52,7 @@ def refusing(call: Call) -> Deferred[Any]:
 class TableTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = SyncClock()
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory)
-        path = os.path.join(directory, "users")
-        write_users(path, {"alice": UserEntry("alice", FULL, cheap_hash("pw-a")),
-                           "bob": UserEntry("bob", READ, cheap_hash("pw-b"))})
-        checker = UsersFileChecker(self.clock, path)
-        checker.load()
+        checker = alice_and_bob(self, self.clock)
         self.auth = Authenticator(self.clock, checker, token_ttl=900)
         self.table = standard_table()
         # The new area: one name without actions, one with an action for full access.

@@ -11,19 +11,14 @@ offers a "thread pool" that runs them at once, so every reply is ready when
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
-import tempfile
 from typing import Any
 
-from security_helpers import SyncClock, cheap_hash
+from security_helpers import SyncClock, alice_and_bob
 from twisted.trial.unittest import SynchronousTestCase
 
 from sysadm_dispatch.api.router import MAX_DEPTH, PUBLIC, Router, RPCError, Session, decode_json, error_reply, reply
-from sysadm_dispatch.auth.checker import UsersFileChecker
 from sysadm_dispatch.auth.login import Authenticator
-from sysadm_dispatch.auth.users import FULL, READ, UserEntry, write_users
 from sysadm_dispatch.core.dispatcher import Dispatcher
 
 TTL = 900
@@ -89,13 +84,7 @@ class RouterTestCase(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = SyncClock()
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory)
-        path = os.path.join(directory, "users")
-        write_users(path, {"alice": UserEntry("alice", FULL, cheap_hash("pw-a")),
-                           "bob": UserEntry("bob", READ, cheap_hash("pw-b"))})
-        checker = UsersFileChecker(self.clock, path)
-        checker.load()
+        checker = alice_and_bob(self, self.clock)
         self.auth = Authenticator(self.clock, checker, token_ttl=TTL)
         self.dispatcher = self.make_dispatcher()
         self.router = Router(self.dispatcher, self.auth, max_message_bytes=1024)

@@ -5,22 +5,27 @@ from __future__ import annotations
 import fcntl
 import os
 
+from twisted.internet.task import Clock
+
+
+class ReaderlessClock(Clock):
+    """A Clock that never reads by itself: whatever is read, the code under test read."""
+
+    def addReader(self, reader: object) -> None:
+        pass
+
+    def removeReader(self, reader: object) -> None:
+        pass
+
+    def removeWriter(self, writer: object) -> None:
+        pass
+
 
 def test_output_pipe_grows_only_for_a_command_that_fills_it() -> None:
-    from twisted.internet.task import Clock
-
     from sysadm_dispatch.process.spawn import open_output_pipe
     from sysadm_dispatch.process.watch import PIPE_SIZE, OutputReader
 
-    class Reactor(Clock):
-        def addReader(self, reader: object) -> None:
-            pass
-
-        def removeReader(self, reader: object) -> None:
-            pass
-
-        def removeWriter(self, writer: object) -> None:
-            pass
+    Reactor = ReaderlessClock
 
     sizes = {}
     for name, amount in (("quiet", 100), ("flood", 1 << 16)):
@@ -40,22 +45,11 @@ def test_output_pipe_grows_only_for_a_command_that_fills_it() -> None:
 
 def test_a_transport_reads_its_pipe_to_the_end_before_telling_the_exit() -> None:
     from twisted.internet.protocol import ProcessProtocol
-    from twisted.internet.task import Clock
 
     from sysadm_dispatch.process.backends import PipedProcess
     from sysadm_dispatch.process.spawn import open_output_pipe
 
-    class Reactor(Clock):
-        """Never reads by itself: whatever is read, the transport read."""
-
-        def addReader(self, reader: object) -> None:
-            pass
-
-        def removeReader(self, reader: object) -> None:
-            pass
-
-        def removeWriter(self, writer: object) -> None:
-            pass
+    Reactor = ReaderlessClock
 
     told: list[tuple[str, object]] = []
 

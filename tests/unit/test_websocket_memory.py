@@ -15,24 +15,19 @@ accepted), and ``sendCloseFrame`` carrying the standard's 1008.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from typing import Any
 
 from autobahn.twisted.testing import create_memory_agent
 from autobahn.twisted.websocket import WebSocketClientProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer
 from autobahn.websocket.protocol import WebSocketProtocol
-from security_helpers import SyncClock, cheap_hash
+from security_helpers import SyncClock, alice_and_bob
 from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from sysadm_dispatch.api.router import Router
-from sysadm_dispatch.auth.checker import UsersFileChecker
 from sysadm_dispatch.auth.login import Authenticator
-from sysadm_dispatch.auth.users import FULL, READ, UserEntry, write_users
 from sysadm_dispatch.core.dispatcher import Dispatcher
 from sysadm_dispatch.transports.websocket import DispatchServerFactory, make_websocket_factory, text_frame
 
@@ -84,13 +79,7 @@ class CompressingClient(Client):
 class MemoryWebSocketTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = SyncClock()
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory)
-        path = os.path.join(directory, "users")
-        write_users(path, {"alice": UserEntry("alice", FULL, cheap_hash("pw-a")),
-                           "bob": UserEntry("bob", READ, cheap_hash("pw-b"))})
-        checker = UsersFileChecker(self.clock, path)
-        checker.load()
+        checker = alice_and_bob(self, self.clock)
         self.dispatcher = Dispatcher(self.clock, environ={})
         self.router = Router(self.dispatcher, Authenticator(self.clock, checker, token_ttl=900),
                              max_message_bytes=4096)
